@@ -1,0 +1,1 @@
+//! qpon-sensor-auth
