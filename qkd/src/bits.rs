@@ -7,6 +7,7 @@
 //! (parity, XOR, popcount, equality) never see garbage.
 
 use core::fmt;
+use serde::{Deserialize, Serialize};
 
 /// A packed string of bits, `len` bits long, stored LSB-first in `u64` words.
 ///
@@ -330,6 +331,70 @@ impl BitBlock {
     }
 }
 
+/// Wire form: the bit length and the LSB-first bytes. Deserialising is strict: the byte
+/// count must be exactly `ceil(len/8)` and padding bits beyond `len` must be zero, so one
+/// block has exactly one encoding.
+#[derive(Serialize, Deserialize)]
+struct WireBits {
+    len: u64,
+    #[serde(with = "serde_bytes_compat")]
+    bytes: Vec<u8>,
+}
+
+mod serde_bytes_compat {
+    //! Bytes as a serde byte string (compact in binary formats, an array in JSON).
+    use serde::{Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Vec<u8>;
+            fn expecting(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                f.write_str("a byte string")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+                Ok(v.to_vec())
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+                Ok(v)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 16));
+                while let Some(b) = seq.next_element()? {
+                    out.push(b);
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_bytes(V)
+    }
+}
+
+impl Serialize for BitBlock {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        WireBits { len: self.len as u64, bytes: self.to_bytes() }.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for BitBlock {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let w = WireBits::deserialize(d)?;
+        let len = usize::try_from(w.len).map_err(|_| D::Error::custom("bit length too large"))?;
+        if w.bytes.len() != len.div_ceil(8) {
+            return Err(D::Error::custom(format!("{} bytes for {len} bits", w.bytes.len())));
+        }
+        if len % 8 != 0 && w.bytes.last().is_some_and(|&b| b >> (len % 8) != 0) {
+            return Err(D::Error::custom("non-zero padding bits"));
+        }
+        Ok(BitBlock::from_bytes(&w.bytes, len))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -420,6 +485,16 @@ mod tests {
             // the tail stays clear, so word-wise equality matches bit equality
             prop_assert_eq!(a.words().last().map_or(0, |w| w & !tail_mask(a.len())), 0);
         }
+    }
+
+    #[test]
+    fn serde_is_strict() {
+        let b = BitBlock::from_bools(&[true, false, true, true, false, false, true, false, true]);
+        let j = serde_json::to_string(&b).unwrap();
+        assert_eq!(serde_json::from_str::<BitBlock>(&j).unwrap(), b);
+        assert!(serde_json::from_str::<BitBlock>(r#"{"len":9,"bytes":[77]}"#).is_err());
+        assert!(serde_json::from_str::<BitBlock>(r#"{"len":9,"bytes":[77,2]}"#).is_err());
+        assert!(serde_json::from_str::<BitBlock>(r#"{"len":9,"bytes":[77,1]}"#).is_ok());
     }
 
     #[test]
