@@ -20,9 +20,12 @@ pub mod finite_key;
 pub mod mac;
 pub mod pa;
 pub mod records;
+pub mod reconcile;
 pub mod rng;
 pub mod secret;
+pub mod session;
 pub mod sift;
+pub mod time;
 pub mod verification;
 
 // The public interface is:

@@ -1,0 +1,331 @@
+//! The messages of one OLT⇄ONU distillation session, and their compact encoding.
+//!
+//! Each message travels in one [frame](super::frame); the frame's `kind` byte names the
+//! message and its body is the [postcard](https://docs.rs/postcard) encoding of the
+//! payload struct (varint integers, length-prefixed sequences; bit blocks as a length and
+//! LSB-first bytes). Decoding is strict: the kind must be known and expected in the
+//! receiver's direction, the body must decode completely with no trailing bytes, and every
+//! sequence is bounded by the frame's body limit.
+//!
+//! | kind | direction | message | tagged (per-phase policy) |
+//! |---|---|---|---|
+//! | 1 | OLT → ONU | [`Announce`]: one sift batch | no |
+//! | 2 | OLT → ONU | [`Estimate`]: counts, pre-check, first reconciliation flight | yes |
+//! | 3 | OLT → ONU | [`Reconcile`]: reconciliation requests | no |
+//! | 4 | OLT → ONU | [`Finish`]: verification, ℓ, PA seed, block ID | yes |
+//! | 5 | OLT → ONU | [`Ack`]: the OLT committed the block | yes |
+//! | 6, 20 | both | [`Abort`]: the block is abandoned, with a reason | no |
+//! | 17 | ONU → OLT | [`SiftAnswer`]: match + intensity codes, test bits | no |
+//! | 18 | ONU → OLT | [`ReconcileAnswer`]: reconciliation replies | no |
+//! | 19 | ONU → OLT | [`Confirm`]: the ONU holds the block | yes |
+
+use super::frame::Direction;
+use crate::bits::BitBlock;
+use crate::reconcile::{ReconcileReply, ReconcileRequest};
+use crate::sift::DecoyCounts;
+use crate::verification::VerificationMessage;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// A sift batch: detections announced by the OLT (gate indices in its time base and its
+/// measurement bases).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Announce {
+    /// Block attempt number (strictly increasing per session; a new number starts a new
+    /// block and abandons any unfinished one).
+    pub block: u64,
+    /// Batch number within the block, from 0.
+    pub batch: u32,
+    /// Gates, delta-coded: the first is absolute, each next one is the difference to its
+    /// predecessor (≥ 1).
+    pub gate_deltas: Vec<u64>,
+    /// Bases, bit `i` set = X.
+    pub bases: BitBlock,
+}
+
+/// The ONU's answer to one sift batch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SiftAnswer {
+    /// Block attempt number.
+    pub block: u64,
+    /// Batch answered.
+    pub batch: u32,
+    /// The sift answer (2-bit codes, disclosed test bits).
+    pub answer: crate::sift::SiftAnswer,
+}
+
+/// Why a block was abandoned. Aborts are a normal outcome (noise, attacks, losses), not a
+/// crash.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum AbortReason {
+    /// The pre-check found that even an ideal reconciliation would leave no key.
+    PrecheckNoKey,
+    /// The finite-key bound with the measured leakage proved no key (ℓ ≤ the
+    /// authentication share).
+    BoundZero,
+    /// The verification hashes differ.
+    VerificationFailed,
+    /// A Wegman–Carter tag was refused.
+    BadTag,
+    /// Reconciliation failed (an inconsistent or malformed exchange).
+    ReconciliationFailed,
+    /// The peer did not answer in time.
+    Timeout,
+    /// The peer's counts or key length disagree with ours.
+    Inconsistent,
+    /// The authentication reserve is below its floor; the session stops.
+    AuthReserveLow,
+    /// The source has no pulse records for the announced gates.
+    PulsesUnavailable,
+    /// A message broke the protocol.
+    Protocol,
+}
+
+/// OLT → ONU, tagged: the block's counts, the pre-check verdict, and — when it proceeds —
+/// the first reconciliation flight.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Estimate {
+    /// Block attempt number.
+    pub block: u64,
+    /// The last block the OLT committed (acked), so an ONU that missed the ack can settle
+    /// a pending block.
+    pub last_committed: Option<Uuid>,
+    /// Per-intensity key-basis detections and test-basis detections and errors, as the OLT
+    /// counted them; the ONU checks the detections against its own.
+    pub counts: DecoyCounts,
+    /// `None` to proceed; `Some(reason)` when the pre-check aborts the block.
+    pub abort: Option<AbortReason>,
+    /// The first reconciliation requests (empty on abort).
+    pub requests: Vec<ReconcileRequest>,
+}
+
+/// OLT → ONU: reconciliation requests.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reconcile {
+    /// Block attempt number.
+    pub block: u64,
+    /// Requests, in order.
+    pub requests: Vec<ReconcileRequest>,
+}
+
+/// ONU → OLT: reconciliation replies.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReconcileAnswer {
+    /// Block attempt number.
+    pub block: u64,
+    /// Replies, in order.
+    pub replies: Vec<ReconcileReply>,
+}
+
+/// OLT → ONU, tagged: the end of reconciliation, verification, the key length and the
+/// privacy amplification seed; the OLT names the block.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Finish {
+    /// Block attempt number.
+    pub block: u64,
+    /// Last reconciliation requests (the `Done` that closes the run).
+    pub requests: Vec<ReconcileRequest>,
+    /// Verification seed and the OLT's tag of its reconciled key.
+    pub verification: VerificationMessage,
+    /// ℓ: the key length the bound proves, in bits.
+    pub ell: u64,
+    /// The Toeplitz seed (n + ℓ − 1 bits).
+    pub pa_seed: BitBlock,
+    /// The block's ID, allocated by the OLT (the only allocator).
+    pub block_id: Uuid,
+}
+
+/// ONU → OLT, tagged: the ONU verified everything and holds the block.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Confirm {
+    /// Block attempt number.
+    pub block: u64,
+    /// The block's ID.
+    pub block_id: Uuid,
+}
+
+/// OLT → ONU, tagged: the OLT committed the block; the ONU may use it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ack {
+    /// Block attempt number.
+    pub block: u64,
+    /// The block's ID.
+    pub block_id: Uuid,
+}
+
+/// Either direction: the block is abandoned.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Abort {
+    /// Block attempt number.
+    pub block: u64,
+    /// Why.
+    pub reason: AbortReason,
+}
+
+/// Any session message.
+#[derive(Clone, Debug, PartialEq)]
+#[allow(missing_docs)]
+pub enum Message {
+    Announce(Announce),
+    Estimate(Estimate),
+    Reconcile(Reconcile),
+    Finish(Finish),
+    Ack(Ack),
+    AbortDown(Abort),
+    SiftAnswer(SiftAnswer),
+    ReconcileAnswer(ReconcileAnswer),
+    Confirm(Confirm),
+    AbortUp(Abort),
+}
+
+/// Why a body could not be decoded.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// Unknown kind, or a kind that does not travel in this direction.
+    #[error("unknown message kind {0} for this direction")]
+    UnknownKind(u8),
+    /// The body does not decode as the kind's payload, or has trailing bytes.
+    #[error("malformed {0} body")]
+    Malformed(&'static str),
+}
+
+impl Message {
+    /// The frame `kind` code.
+    pub fn kind(&self) -> u8 {
+        match self {
+            Message::Announce(_) => 1,
+            Message::Estimate(_) => 2,
+            Message::Reconcile(_) => 3,
+            Message::Finish(_) => 4,
+            Message::Ack(_) => 5,
+            Message::AbortDown(_) => 6,
+            Message::SiftAnswer(_) => 17,
+            Message::ReconcileAnswer(_) => 18,
+            Message::Confirm(_) => 19,
+            Message::AbortUp(_) => 20,
+        }
+    }
+
+    /// A short name, for logs and errors.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Message::Announce(_) => "announce",
+            Message::Estimate(_) => "estimate",
+            Message::Reconcile(_) => "reconcile",
+            Message::Finish(_) => "finish",
+            Message::Ack(_) => "ack",
+            Message::AbortDown(_) | Message::AbortUp(_) => "abort",
+            Message::SiftAnswer(_) => "sift_answer",
+            Message::ReconcileAnswer(_) => "reconcile_answer",
+            Message::Confirm(_) => "confirm",
+        }
+    }
+
+    /// The direction this message travels in.
+    pub fn direction(&self) -> Direction {
+        if self.kind() < 16 { Direction::Downstream } else { Direction::Upstream }
+    }
+
+    /// Block attempt number the message belongs to.
+    pub fn block(&self) -> u64 {
+        match self {
+            Message::Announce(m) => m.block,
+            Message::Estimate(m) => m.block,
+            Message::Reconcile(m) => m.block,
+            Message::Finish(m) => m.block,
+            Message::Ack(m) => m.block,
+            Message::AbortDown(m) | Message::AbortUp(m) => m.block,
+            Message::SiftAnswer(m) => m.block,
+            Message::ReconcileAnswer(m) => m.block,
+            Message::Confirm(m) => m.block,
+        }
+    }
+
+    /// Appends the body encoding to `out`.
+    pub fn encode_body(&self, out: &mut Vec<u8>) {
+        fn enc<T: Serialize>(v: &T, out: &mut Vec<u8>) {
+            // postcard cannot fail on these types (no maps with non-string keys, no
+            // unsized sequences); an error here is a bug.
+            let bytes = postcard::to_allocvec(v).expect("postcard encoding of a session message");
+            out.extend_from_slice(&bytes);
+        }
+        match self {
+            Message::Announce(m) => enc(m, out),
+            Message::Estimate(m) => enc(m, out),
+            Message::Reconcile(m) => enc(m, out),
+            Message::Finish(m) => enc(m, out),
+            Message::Ack(m) => enc(m, out),
+            Message::AbortDown(m) | Message::AbortUp(m) => enc(m, out),
+            Message::SiftAnswer(m) => enc(m, out),
+            Message::ReconcileAnswer(m) => enc(m, out),
+            Message::Confirm(m) => enc(m, out),
+        }
+    }
+
+    /// Decodes a body of `kind` travelling in `dir`.
+    pub fn decode(kind: u8, dir: Direction, body: &[u8]) -> Result<Message, DecodeError> {
+        fn dec<'a, T: Deserialize<'a>>(body: &'a [u8], name: &'static str) -> Result<T, DecodeError> {
+            match postcard::take_from_bytes::<T>(body) {
+                Ok((v, rest)) if rest.is_empty() => Ok(v),
+                _ => Err(DecodeError::Malformed(name)),
+            }
+        }
+        let m = match (dir, kind) {
+            (Direction::Downstream, 1) => Message::Announce(dec(body, "announce")?),
+            (Direction::Downstream, 2) => Message::Estimate(dec(body, "estimate")?),
+            (Direction::Downstream, 3) => Message::Reconcile(dec(body, "reconcile")?),
+            (Direction::Downstream, 4) => Message::Finish(dec(body, "finish")?),
+            (Direction::Downstream, 5) => Message::Ack(dec(body, "ack")?),
+            (Direction::Downstream, 6) => Message::AbortDown(dec(body, "abort")?),
+            (Direction::Upstream, 17) => Message::SiftAnswer(dec(body, "sift_answer")?),
+            (Direction::Upstream, 18) => Message::ReconcileAnswer(dec(body, "reconcile_answer")?),
+            (Direction::Upstream, 19) => Message::Confirm(dec(body, "confirm")?),
+            (Direction::Upstream, 20) => Message::AbortUp(dec(body, "abort")?),
+            _ => return Err(DecodeError::UnknownKind(kind)),
+        };
+        Ok(m)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn roundtrip_every_kind() {
+        let msgs = vec![
+            Message::Announce(Announce {
+                block: 3,
+                batch: 1,
+                gate_deltas: vec![100, 7, 9],
+                bases: BitBlock::from_bools(&[true, false, true]),
+            }),
+            Message::Reconcile(Reconcile { block: 3, requests: vec![] }),
+            Message::Ack(Ack { block: 3, block_id: Uuid::from_u128(7) }),
+            Message::AbortDown(Abort { block: 3, reason: AbortReason::Timeout }),
+            Message::Confirm(Confirm { block: 3, block_id: Uuid::from_u128(9) }),
+            Message::AbortUp(Abort { block: 4, reason: AbortReason::BadTag }),
+        ];
+        for m in msgs {
+            let mut body = Vec::new();
+            m.encode_body(&mut body);
+            let d = Message::decode(m.kind(), m.direction(), &body).unwrap();
+            assert_eq!(d, m);
+            // trailing bytes are refused
+            body.push(0);
+            assert!(Message::decode(m.kind(), m.direction(), &body).is_err());
+            // wrong direction is refused
+            assert!(Message::decode(m.kind(), m.direction().reverse(), &body[..body.len() - 1]).is_err());
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn decoder_never_panics(kind: u8, up: bool, body in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let dir = if up { Direction::Upstream } else { Direction::Downstream };
+            let _ = Message::decode(kind, dir, &body);
+        }
+    }
+}

@@ -1,0 +1,584 @@
+//! The OLT side of a session: receiver of the quantum signals, announcer of sifting,
+//! Cascade corrector, allocator of block IDs.
+
+use super::auth::{AuthLedger, AuthMaterial};
+use super::frame::Direction;
+use super::link::{Link, LinkError, Received};
+use super::message::{Abort, AbortReason, Ack, Announce, Estimate, Finish, Message, Reconcile};
+use super::{Alarm, BlockStats, Event, KeyBlock, SessionConfig, SessionError};
+use crate::bits::BitBlock;
+use crate::finite_key::{BoundInput, binary_entropy, finite_key};
+use crate::pa::{ToeplitzSeed, toeplitz_hash};
+use crate::reconcile::{CascadeCorrector, MAX_PLANNING_QBER, MIN_PLANNING_QBER, Reconciler, Schedule};
+use crate::records::DetectionRecord;
+use crate::sift::{self, DecoyCounts, SiftedKey};
+use crate::time::Instant;
+use crate::verification::{self, VerificationMessage};
+use rand::CryptoRng;
+use std::collections::VecDeque;
+use uuid::Uuid;
+
+/// Sifting progress of the current block.
+#[derive(Default)]
+struct SiftAcc {
+    key: SiftedKey,
+    counts: DecoyCounts,
+    batch: u32,
+    /// The batch announced and not yet answered.
+    outstanding: Option<Vec<DetectionRecord>>,
+}
+
+enum State {
+    Sifting(SiftAcc),
+    Reconciling { acc: SiftAcc, corrector: Box<CascadeCorrector> },
+    AwaitConfirm { key: BitBlock, block_id: Uuid, stats: BlockStats },
+    Stopped,
+}
+
+/// The request awaiting a reply, for retransmission.
+struct InFlight {
+    bytes: Vec<u8>,
+    deadline: Instant,
+    retries: u32,
+}
+
+/// The OLT's session with one ONU. See the [module docs](super) for the method families
+/// and the call order.
+pub struct OltSession<R: CryptoRng> {
+    cfg: SessionConfig,
+    link: Link,
+    rng: R,
+    block: u64,
+    state: State,
+    pending: VecDeque<DetectionRecord>,
+    last_gate: Option<u64>,
+    sift_deadline: Option<Instant>,
+    in_flight: Option<InFlight>,
+    outbox: VecDeque<Vec<u8>>,
+    events: VecDeque<Event>,
+    last_committed: Option<Uuid>,
+    refresh_epoch: bool,
+    blocks_in_epoch: u32,
+    block_auth_start: u64,
+}
+
+impl<R: CryptoRng> core::fmt::Debug for OltSession<R> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("OltSession").field("onu", &self.cfg.onu).field("block", &self.block).finish_non_exhaustive()
+    }
+}
+
+impl<R: CryptoRng> OltSession<R> {
+    /// A session for `cfg.onu` with its authentication material (pre-shared secret plus any
+    /// committed shares), its pad ledger, and the RNG for public random choices (the OS
+    /// RNG on hardware).
+    pub fn new(cfg: SessionConfig, material: AuthMaterial, ledger: Box<dyn AuthLedger>, rng: R) -> Self {
+        let link = Link::new(cfg.onu, Direction::Downstream, cfg.auth_policy, cfg.mac, cfg.max_body, material, ledger);
+        Self {
+            cfg,
+            link,
+            rng,
+            block: 1,
+            state: State::Sifting(SiftAcc::default()),
+            pending: VecDeque::new(),
+            last_gate: None,
+            sift_deadline: None,
+            in_flight: None,
+            outbox: VecDeque::new(),
+            events: VecDeque::new(),
+            last_committed: None,
+            refresh_epoch: true,
+            blocks_in_epoch: 0,
+            block_auth_start: 0,
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &SessionConfig {
+        &self.cfg
+    }
+
+    /// True once the session has stopped for good.
+    pub fn is_stopped(&self) -> bool {
+        matches!(self.state, State::Stopped)
+    }
+
+    /// Current block attempt number.
+    pub fn block(&self) -> u64 {
+        self.block
+    }
+
+    /// Authentication bits spent so far by this end.
+    pub fn auth_bits_spent(&self) -> u64 {
+        self.link.auth_bits_spent()
+    }
+
+    /// Detections not yet announced.
+    pub fn pending_detections(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Feeds this ONU's detections (in increasing gate order; detections at or before an
+    /// earlier one are dropped, as the receiver cannot have produced them).
+    pub fn handle_detections(&mut self, now: Instant, detections: &[DetectionRecord]) {
+        if self.is_stopped() {
+            return;
+        }
+        for d in detections {
+            if self.last_gate.is_some_and(|g| d.gate <= g) {
+                continue;
+            }
+            self.last_gate = Some(d.gate);
+            self.pending.push_back(*d);
+        }
+        if !self.pending.is_empty() && self.sift_deadline.is_none() {
+            self.sift_deadline = Some(now + self.cfg.sift_interval);
+        }
+        if self.pending.len() >= self.cfg.sift_batch {
+            self.try_announce(now);
+        }
+    }
+
+    /// A new connection to the ONU: forget its sequence numbers and abandon the block in
+    /// progress.
+    pub fn reset_link(&mut self, now: Instant) {
+        self.link.reset();
+        if !self.is_stopped() {
+            self.in_flight = None;
+            self.abort_block(now, AbortReason::Timeout, false, false);
+        }
+    }
+
+    /// The next frame to send.
+    #[must_use]
+    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        self.outbox.pop_front()
+    }
+
+    /// The next event.
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) must next be called.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.is_stopped() {
+            return None;
+        }
+        let rt = self.in_flight.as_ref().map(|f| f.deadline);
+        let sift = match &self.state {
+            State::Sifting(acc) if acc.outstanding.is_none() && !self.pending.is_empty() => self.sift_deadline,
+            _ => None,
+        };
+        match (rt, sift) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Timers: retransmission and the sift interval.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.is_stopped() {
+            return;
+        }
+        if let Some(f) = self.in_flight.as_mut() {
+            if now >= f.deadline {
+                if f.retries >= self.cfg.max_retries {
+                    self.in_flight = None;
+                    self.abort_block(now, AbortReason::Timeout, false, true);
+                } else {
+                    f.retries += 1;
+                    f.deadline = now + self.cfg.rto;
+                    self.outbox.push_back(f.bytes.clone());
+                }
+            }
+        }
+        if self.sift_deadline.is_some_and(|d| now >= d) {
+            self.try_announce(now);
+        }
+    }
+
+    /// A frame from the ONU. On `Err` the frame was refused and nothing changed (a refused
+    /// tag also burns its pad and hash key and abandons the block).
+    pub fn handle_frame(&mut self, now: Instant, bytes: &[u8]) -> Result<(), SessionError> {
+        if self.is_stopped() {
+            return Err(SessionError::Stopped);
+        }
+        let (msg, authenticated) = match self.link.receive(bytes) {
+            Ok(Received::Message { msg, authenticated }) => (msg, authenticated),
+            Ok(Received::Duplicate) => return Ok(()),
+            Err(LinkError::BadTag) => {
+                self.events.push_back(Event::Alarm(Alarm::TagRefused));
+                self.in_flight = None;
+                self.abort_block(now, AbortReason::BadTag, false, true);
+                return Err(LinkError::BadTag.into());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if msg.block() != self.block {
+            // An answer to an earlier block (e.g. a late retransmission): stale, ignored.
+            return Err(SessionError::Unexpected { got: msg.name(), expected: "a message of the current block" });
+        }
+        match msg {
+            Message::SiftAnswer(a) => self.on_sift_answer(now, a),
+            Message::ReconcileAnswer(a) => self.on_reconcile_answer(now, a),
+            Message::Confirm(c) if authenticated => self.on_confirm(now, c),
+            Message::AbortUp(a) => {
+                self.in_flight = None;
+                self.abort_block(now, a.reason, true, false);
+                Ok(())
+            }
+            other => Err(SessionError::Unexpected { got: other.name(), expected: self.expecting() }),
+        }
+    }
+
+    fn expecting(&self) -> &'static str {
+        match &self.state {
+            State::Sifting(_) => "sift_answer",
+            State::Reconciling { .. } => "reconcile_answer",
+            State::AwaitConfirm { .. } => "an authenticated confirm",
+            State::Stopped => "nothing",
+        }
+    }
+
+    fn send(&mut self, now: Instant, msg: &Message, expect_reply: bool) -> Result<(), LinkError> {
+        let bytes = self.link.send(msg)?;
+        if expect_reply {
+            self.in_flight = Some(InFlight { bytes: bytes.clone(), deadline: now + self.cfg.rto, retries: 0 });
+        }
+        self.outbox.push_back(bytes);
+        Ok(())
+    }
+
+    /// Sends the next sift batch if sifting and nothing is outstanding.
+    fn try_announce(&mut self, now: Instant) {
+        let State::Sifting(acc) = &self.state else { return };
+        if acc.outstanding.is_some() || self.pending.is_empty() {
+            return;
+        }
+        if acc.batch == 0 && !(self.reserve_ok(now) && self.begin_epoch(now)) {
+            return;
+        }
+        let State::Sifting(acc) = &mut self.state else { return };
+        let n = self.pending.len().min(self.cfg.sift_batch);
+        let dets: Vec<DetectionRecord> = self.pending.drain(..n).collect();
+        let ann = sift::announce(&dets);
+        let mut gate_deltas = Vec::with_capacity(ann.gates.len());
+        let mut prev = 0;
+        for (i, &g) in ann.gates.iter().enumerate() {
+            gate_deltas.push(if i == 0 { g } else { g - prev });
+            prev = g;
+        }
+        let msg = Message::Announce(Announce { block: self.block, batch: acc.batch, gate_deltas, bases: ann.bases });
+        acc.batch += 1;
+        acc.outstanding = Some(dets);
+        self.sift_deadline = if self.pending.is_empty() { None } else { Some(now + self.cfg.sift_interval) };
+        if let Err(e) = self.send(now, &msg, true) {
+            self.fail(now, e);
+        }
+    }
+
+    /// Checks the authentication reserve covers one more block; stops the session with an
+    /// alarm otherwise (fail closed).
+    fn reserve_ok(&mut self, now: Instant) -> bool {
+        let (hk, tx, rx) = self.link.reserve();
+        let pad = self.cfg.mac.pad_len() as u64;
+        // One hash key; per-phase tags: Estimate, Finish, Ack down, Confirm up (a margin of
+        // one more each way for retransmitted blocks).
+        if hk >= crate::mac::HASH_KEY_LEN as u64 && tx >= 4 * pad && rx >= 2 * pad {
+            return true;
+        }
+        self.stop(now, AbortReason::AuthReserveLow);
+        false
+    }
+
+    /// Loads the hash key for a new block: a fresh epoch after an abort or every
+    /// `hash_key_refresh_blocks` blocks.
+    fn begin_epoch(&mut self, now: Instant) -> bool {
+        let refresh = self.refresh_epoch || self.blocks_in_epoch >= self.cfg.hash_key_refresh_blocks.max(1);
+        match self.link.start_epoch(refresh) {
+            Ok(_) => {
+                if refresh {
+                    self.blocks_in_epoch = 0;
+                }
+                self.refresh_epoch = false;
+                self.blocks_in_epoch += 1;
+                true
+            }
+            Err(e) => {
+                self.fail(now, e);
+                false
+            }
+        }
+    }
+
+    fn stop(&mut self, now: Instant, reason: AbortReason) {
+        if reason == AbortReason::AuthReserveLow {
+            self.events.push_back(Event::Alarm(Alarm::AuthReserveLow));
+        }
+        let _ = self.send(now, &Message::AbortDown(Abort { block: self.block, reason: reason.clone() }), false);
+        self.in_flight = None;
+        self.state = State::Stopped;
+        self.events.push_back(Event::Stopped(reason));
+    }
+
+    fn fail(&mut self, now: Instant, e: LinkError) {
+        let reason = match e {
+            LinkError::Auth(_) => AbortReason::AuthReserveLow,
+            _ => AbortReason::Protocol,
+        };
+        self.stop(now, reason);
+    }
+
+    /// Abandons the current block and starts the next one.
+    fn abort_block(&mut self, now: Instant, reason: AbortReason, by_peer: bool, tell_peer: bool) {
+        if self.is_stopped() {
+            return;
+        }
+        if tell_peer {
+            let _ = self.send(now, &Message::AbortDown(Abort { block: self.block, reason: reason.clone() }), false);
+        }
+        self.events.push_back(Event::Aborted { block: self.block, reason, by_peer });
+        self.refresh_epoch = true;
+        self.link.burn_epoch();
+        self.next_block(now);
+    }
+
+    fn next_block(&mut self, now: Instant) {
+        self.block += 1;
+        self.state = State::Sifting(SiftAcc::default());
+        self.block_auth_start = self.link.auth_bits_spent();
+        if !self.pending.is_empty() {
+            self.sift_deadline = Some(now);
+            self.try_announce(now);
+        }
+    }
+
+    fn on_sift_answer(&mut self, now: Instant, a: super::message::SiftAnswer) -> Result<(), SessionError> {
+        let State::Sifting(acc) = &mut self.state else {
+            return Err(SessionError::Unexpected { got: "sift_answer", expected: self.expecting() });
+        };
+        if acc.batch == 0 || a.batch != acc.batch - 1 {
+            return Err(SessionError::Unexpected { got: "sift_answer", expected: "the answer to the last batch" });
+        }
+        let Some(dets) = acc.outstanding.as_ref() else {
+            return Err(SessionError::Unexpected { got: "sift_answer", expected: "no answer (nothing outstanding)" });
+        };
+        let rx = sift::apply_answer(dets, &a.answer).map_err(|e| SessionError::PeerMisbehaved(e.to_string()))?;
+        acc.outstanding = None;
+        self.in_flight = None;
+        acc.key.bits.extend_from(&rx.key.bits);
+        acc.key.intensities.extend_from_slice(&rx.key.intensities);
+        for k in 0..3 {
+            acc.counts.key.n[k] += rx.counts.key.n[k];
+            acc.counts.test.n[k] += rx.counts.test.n[k];
+            acc.counts.test.m[k] += rx.counts.test.m[k];
+        }
+        if acc.key.bits.len() >= self.cfg.block_bits {
+            self.finish_sifting(now);
+        } else if self.pending.len() >= self.cfg.sift_batch || self.sift_deadline.is_some_and(|d| now >= d) {
+            self.try_announce(now);
+        }
+        Ok(())
+    }
+
+    fn bound_input(&self, counts: &DecoyCounts, lambda: f64) -> BoundInput {
+        BoundInput::from_counts(self.cfg.decoy, counts, self.cfg.eps_sec, self.cfg.eps_cor, lambda)
+    }
+
+    fn finish_sifting(&mut self, now: Instant) {
+        let State::Sifting(acc) = core::mem::replace(&mut self.state, State::Stopped) else { return };
+        let n = acc.key.bits.len();
+        let q_test = acc.counts.test.qber();
+        // Pre-check (DESIGN.md §3 item 4): even a perfect code leaks n·h(Q); if the bound
+        // proves nothing beyond the authentication share with that, stop here.
+        let share_bits = 8 * self.cfg.auth_share_bytes as u64;
+        let tag_bits = verification::tag_bits(n, self.cfg.eps_cor);
+        let excess = verification::excess_leakage_bits(tag_bits, self.cfg.eps_cor);
+        let precheck_fail = self.cfg.precheck && {
+            let ideal = n as f64 * binary_entropy(q_test.min(0.5)) + excess;
+            finite_key(&self.bound_input(&acc.counts, ideal)).map_or(true, |o| o.ell <= share_bits)
+        };
+        let mut est = Estimate {
+            block: self.block,
+            last_committed: self.last_committed,
+            counts: acc.counts,
+            abort: None,
+            requests: Vec::new(),
+        };
+        if precheck_fail {
+            est.abort = Some(AbortReason::PrecheckNoKey);
+            self.state = State::Sifting(acc);
+            if let Err(e) = self.send(now, &Message::Estimate(est), false) {
+                self.fail(now, e);
+                return;
+            }
+            self.events.push_back(Event::Aborted { block: self.block, reason: AbortReason::PrecheckNoKey, by_peer: false });
+            self.next_block(now);
+            return;
+        }
+        let qber = q_test.clamp(MIN_PLANNING_QBER, MAX_PLANNING_QBER);
+        let corrector = Schedule::for_qber(qber, n)
+            .and_then(|s| CascadeCorrector::new(acc.key.bits.clone(), s, &mut self.rng, self.cfg.cascade.clone()));
+        let mut corrector = match corrector {
+            Ok(c) => Box::new(c),
+            Err(_) => {
+                self.state = State::Sifting(acc);
+                self.abort_block(now, AbortReason::ReconciliationFailed, false, true);
+                return;
+            }
+        };
+        while let Ok(Some(r)) = corrector.poll_request() {
+            est.requests.push(r);
+        }
+        self.state = State::Reconciling { acc, corrector };
+        if let Err(e) = self.send(now, &Message::Estimate(est), true) {
+            self.fail(now, e);
+        }
+    }
+
+    fn on_reconcile_answer(&mut self, now: Instant, a: super::message::ReconcileAnswer) -> Result<(), SessionError> {
+        let State::Reconciling { corrector, .. } = &mut self.state else {
+            return Err(SessionError::Unexpected { got: "reconcile_answer", expected: self.expecting() });
+        };
+        if a.replies.len() != 1 {
+            return Err(SessionError::PeerMisbehaved(format!("{} reconciliation replies, expected 1", a.replies.len())));
+        }
+        // A reply that does not fit is refused without changing anything; the request is
+        // retransmitted on the timer.
+        corrector.handle_reply(&a.replies[0]).map_err(|e| SessionError::PeerMisbehaved(e.to_string()))?;
+        self.in_flight = None;
+        let mut requests = Vec::new();
+        loop {
+            match corrector.poll_request() {
+                Ok(Some(r)) => requests.push(r),
+                Ok(None) => break,
+                Err(_) => {
+                    self.abort_block(now, AbortReason::ReconciliationFailed, false, true);
+                    return Ok(());
+                }
+            }
+        }
+        if corrector.is_finished() {
+            self.finish_block(now, requests);
+        } else if let Err(e) = self.send(now, &Message::Reconcile(Reconcile { block: self.block, requests }), true) {
+            self.fail(now, e);
+        }
+        Ok(())
+    }
+
+    /// Verification, key length, privacy amplification, and the `Finish` message.
+    fn finish_block(&mut self, now: Instant, done: Vec<crate::reconcile::ReconcileRequest>) {
+        let State::Reconciling { acc, corrector } = core::mem::replace(&mut self.state, State::Stopped) else {
+            return;
+        };
+        let rec = match corrector.finish() {
+            Ok(r) => r,
+            Err(_) => {
+                self.state = State::Sifting(SiftAcc::default());
+                self.abort_block(now, AbortReason::ReconciliationFailed, false, true);
+                return;
+            }
+        };
+        let n = rec.key.len();
+        let tag_bits = verification::tag_bits(n, self.cfg.eps_cor);
+        // Lim et al. 2014 Eq. (1) charges log2(2/ε_cor) for verification; a longer tag's
+        // excess is leakage too (DESIGN.md §3 item 5).
+        let lambda = rec.leaked_bits as f64 + verification::excess_leakage_bits(tag_bits, self.cfg.eps_cor);
+        let bound = finite_key(&self.bound_input(&acc.counts, lambda));
+        let share_bits = 8 * self.cfg.auth_share_bytes as u64;
+        let mut stats = BlockStats {
+            block: self.block,
+            key_bits: n as u64,
+            test_qber: acc.counts.test.qber(),
+            key_qber: if n > 0 { rec.corrected_bits as f64 / n as f64 } else { 0.0 },
+            lambda_ec: rec.leaked_bits,
+            verification_bits: tag_bits,
+            round_trips: rec.round_trips,
+            ..BlockStats::default()
+        };
+        let ell = match bound {
+            Ok(o) if o.ell > share_bits => {
+                stats.phi = o.phi;
+                o.ell
+            }
+            _ => {
+                self.state = State::Sifting(SiftAcc::default());
+                self.abort_block(now, AbortReason::BoundZero, false, true);
+                return;
+            }
+        };
+        let verification = match VerificationMessage::new(&rec.key, tag_bits, &mut self.rng) {
+            Ok(v) => v,
+            Err(_) => {
+                self.state = State::Sifting(SiftAcc::default());
+                self.abort_block(now, AbortReason::Protocol, false, true);
+                return;
+            }
+        };
+        let ell_usize = ell as usize;
+        let seed = match ToeplitzSeed::random(n, ell_usize, &mut self.rng) {
+            Ok(s) => s,
+            Err(_) => {
+                self.state = State::Sifting(SiftAcc::default());
+                self.abort_block(now, AbortReason::Protocol, false, true);
+                return;
+            }
+        };
+        let Ok(key) = toeplitz_hash(&rec.key, &seed, ell_usize) else {
+            self.state = State::Sifting(SiftAcc::default());
+            self.abort_block(now, AbortReason::Protocol, false, true);
+            return;
+        };
+        let mut id_bytes = [0u8; 16];
+        self.rng.fill_bytes(&mut id_bytes);
+        let block_id = uuid::Builder::from_random_bytes(id_bytes).into_uuid();
+        stats.ell = ell;
+        stats.auth_share_bits = share_bits;
+        let msg = Message::Finish(Finish {
+            block: self.block,
+            requests: done,
+            verification,
+            ell,
+            pa_seed: seed.as_bits().clone(),
+            block_id,
+        });
+        self.state = State::AwaitConfirm { key, block_id, stats };
+        if let Err(e) = self.send(now, &msg, true) {
+            self.fail(now, e);
+        }
+    }
+
+    fn on_confirm(&mut self, now: Instant, c: super::message::Confirm) -> Result<(), SessionError> {
+        let State::AwaitConfirm { block_id, .. } = &self.state else {
+            return Err(SessionError::Unexpected { got: "confirm", expected: self.expecting() });
+        };
+        if c.block_id != *block_id {
+            self.in_flight = None;
+            self.abort_block(now, AbortReason::Inconsistent, false, true);
+            return Err(SessionError::PeerMisbehaved("confirm names another block".into()));
+        }
+        self.in_flight = None;
+        let State::AwaitConfirm { key, block_id, mut stats } = core::mem::replace(&mut self.state, State::Stopped)
+        else {
+            unreachable!("matched above")
+        };
+        let share_bits = stats.auth_share_bits as usize;
+        let share = key.slice(0, share_bits);
+        let out = key.slice(share_bits, key.len());
+        self.link.append_share(&share.to_bytes());
+        self.last_committed = Some(block_id);
+        self.state = State::Sifting(SiftAcc::default());
+        let ack = Message::Ack(Ack { block: self.block, block_id });
+        if let Err(e) = self.send(now, &ack, false) {
+            self.fail(now, e);
+            return Ok(());
+        }
+        stats.auth_bits_spent = self.link.auth_bits_spent() - self.block_auth_start;
+        self.events.push_back(Event::Block(KeyBlock { id: block_id, key: out }, stats));
+        self.next_block(now);
+        Ok(())
+    }
+}

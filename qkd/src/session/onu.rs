@@ -1,0 +1,448 @@
+//! The ONU side of a session: the source's side of sifting, Cascade responder, and the
+//! second check of everything the OLT decides.
+
+use super::auth::{AuthLedger, AuthMaterial};
+use super::frame::Direction;
+use super::link::{Link, LinkError, Received};
+use super::message::{Abort, AbortReason, Ack, Announce, Confirm, Estimate, Finish, Message, ReconcileAnswer};
+use super::{Alarm, BlockStats, Event, KeyBlock, SessionConfig, SessionError};
+use crate::bits::BitBlock;
+use crate::finite_key::{BoundInput, finite_key};
+use crate::pa::{ToeplitzSeed, toeplitz_hash};
+use crate::reconcile::{CascadeResponder, ReconcileReply, ReconcileRequest, ReconcileResponder};
+use crate::records::PulseRecord;
+use crate::sift::{self, Announcement, DecoyCounts, SiftedKey};
+use crate::time::Instant;
+use crate::verification;
+use std::collections::VecDeque;
+use uuid::Uuid;
+
+#[derive(Default)]
+struct SenderAcc {
+    key: SiftedKey,
+    test_n: [f64; 3],
+    batch: u32,
+    /// Announcement waiting for the driver's pulse records.
+    awaiting: Option<(u64, Announcement)>,
+}
+
+enum State {
+    /// No block in progress.
+    Idle,
+    Sifting(SenderAcc),
+    Reconciling { key: BitBlock, counts: DecoyCounts, responder: Box<CascadeResponder> },
+    Stopped,
+}
+
+struct Pending {
+    id: Uuid,
+    key: BitBlock,
+    stats: BlockStats,
+}
+
+/// The ONU's session with its OLT. See the [module docs](super) for the method families
+/// and the call order.
+pub struct OnuSession {
+    cfg: SessionConfig,
+    link: Link,
+    block: u64,
+    state: State,
+    next_request: u64,
+    outbox: VecDeque<Vec<u8>>,
+    events: VecDeque<Event>,
+    last_reply: Option<Vec<u8>>,
+    pending: Option<Pending>,
+    block_auth_start: u64,
+}
+
+impl core::fmt::Debug for OnuSession {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("OnuSession").field("onu", &self.cfg.onu).field("block", &self.block).finish_non_exhaustive()
+    }
+}
+
+impl OnuSession {
+    /// A session for `cfg.onu` with its authentication material and pad ledger. The ONU
+    /// makes no random choices.
+    pub fn new(cfg: SessionConfig, material: AuthMaterial, ledger: Box<dyn AuthLedger>) -> Self {
+        let link = Link::new(cfg.onu, Direction::Upstream, cfg.auth_policy, cfg.mac, cfg.max_body, material, ledger);
+        Self {
+            cfg,
+            link,
+            block: 0,
+            state: State::Idle,
+            next_request: 0,
+            outbox: VecDeque::new(),
+            events: VecDeque::new(),
+            last_reply: None,
+            pending: None,
+            block_auth_start: 0,
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &SessionConfig {
+        &self.cfg
+    }
+
+    /// True once the session has stopped for good.
+    pub fn is_stopped(&self) -> bool {
+        matches!(self.state, State::Stopped)
+    }
+
+    /// Authentication bits spent so far by this end.
+    pub fn auth_bits_spent(&self) -> u64 {
+        self.link.auth_bits_spent()
+    }
+
+    /// The next frame to send.
+    #[must_use]
+    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        self.outbox.pop_front()
+    }
+
+    /// The next event.
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// The ONU only reacts to the OLT; it has no timers.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        None
+    }
+
+    /// Nothing to do: the ONU has no timers.
+    pub fn handle_timeout(&mut self, _now: Instant) {}
+
+    /// A new connection to the OLT.
+    pub fn reset_link(&mut self) {
+        self.link.reset();
+        self.last_reply = None;
+        if !self.is_stopped() {
+            self.state = State::Idle;
+        }
+    }
+
+    fn reply(&mut self, msg: &Message) -> Result<(), LinkError> {
+        let bytes = self.link.send(msg)?;
+        self.last_reply = Some(bytes.clone());
+        self.outbox.push_back(bytes);
+        Ok(())
+    }
+
+    /// Abandons the block in progress, telling the OLT why.
+    fn abort(&mut self, reason: AbortReason) {
+        let _ = self.reply(&Message::AbortUp(Abort { block: self.block, reason: reason.clone() }));
+        self.events.push_back(Event::Aborted { block: self.block, reason, by_peer: false });
+        self.state = State::Idle;
+    }
+
+    fn stop(&mut self, reason: AbortReason) {
+        if reason == AbortReason::AuthReserveLow {
+            self.events.push_back(Event::Alarm(Alarm::AuthReserveLow));
+        }
+        let _ = self.reply(&Message::AbortUp(Abort { block: self.block, reason: reason.clone() }));
+        self.state = State::Stopped;
+        self.events.push_back(Event::Stopped(reason));
+    }
+
+    /// A frame from the OLT. On `Err` the frame was refused and nothing changed (a refused
+    /// tag also burns its pad and hash key and abandons the block).
+    pub fn handle_frame(&mut self, _now: Instant, bytes: &[u8]) -> Result<(), SessionError> {
+        if self.is_stopped() {
+            return Err(SessionError::Stopped);
+        }
+        let (msg, authenticated) = match self.link.receive(bytes) {
+            Ok(Received::Message { msg, authenticated }) => (msg, authenticated),
+            Ok(Received::Duplicate) => {
+                // The OLT retransmitted: our reply was lost. Send it again, byte-identical.
+                let waiting = matches!(&self.state, State::Sifting(a) if a.awaiting.is_some());
+                if let (false, Some(r)) = (waiting, self.last_reply.clone()) {
+                    self.outbox.push_back(r);
+                }
+                return Ok(());
+            }
+            Err(LinkError::BadTag) => {
+                self.events.push_back(Event::Alarm(Alarm::TagRefused));
+                if !matches!(self.state, State::Idle) {
+                    self.abort(AbortReason::BadTag);
+                }
+                return Err(LinkError::BadTag.into());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let block = msg.block();
+        match msg {
+            Message::Announce(a) => self.on_announce(a),
+            Message::Estimate(e) if authenticated && block == self.block => self.on_estimate(e),
+            Message::Reconcile(r) if block == self.block => {
+                let requests = r.requests;
+                self.on_requests(&requests)
+            }
+            Message::Finish(f) if authenticated && block == self.block => self.on_finish(f),
+            Message::Ack(a) if authenticated => {
+                self.on_ack(a);
+                Ok(())
+            }
+            Message::AbortDown(a) => {
+                if block == self.block && !matches!(self.state, State::Idle) {
+                    self.state = State::Idle;
+                    self.events.push_back(Event::Aborted { block, reason: a.reason, by_peer: true });
+                }
+                Ok(())
+            }
+            other => Err(SessionError::Unexpected {
+                got: other.name(),
+                expected: "a message of the current block (estimate, finish and ack authenticated)",
+            }),
+        }
+    }
+
+    fn on_announce(&mut self, a: Announce) -> Result<(), SessionError> {
+        if a.block < self.block {
+            return Err(SessionError::Unexpected { got: "announce", expected: "a message of the current block" });
+        }
+        if a.block > self.block || matches!(self.state, State::Idle) {
+            if a.batch != 0 {
+                return Err(SessionError::Unexpected { got: "announce", expected: "batch 0 of a new block" });
+            }
+            if a.block > self.block && !matches!(self.state, State::Idle) {
+                // The OLT moved on without us hearing its abort.
+                self.events.push_back(Event::Aborted { block: self.block, reason: AbortReason::Timeout, by_peer: true });
+            }
+            self.block = a.block;
+            self.block_auth_start = self.link.auth_bits_spent();
+            let (hk, tx, rx) = self.link.reserve();
+            let pad = self.cfg.mac.pad_len() as u64;
+            if hk < crate::mac::HASH_KEY_LEN as u64 || tx < 2 * pad || rx < 4 * pad {
+                self.stop(AbortReason::AuthReserveLow);
+                return Ok(());
+            }
+            self.state = State::Sifting(SenderAcc::default());
+        }
+        let State::Sifting(acc) = &mut self.state else {
+            return Err(SessionError::Unexpected { got: "announce", expected: "a message of the current phase" });
+        };
+        if a.batch != acc.batch || acc.awaiting.is_some() {
+            return Err(SessionError::Unexpected { got: "announce", expected: "the next sift batch" });
+        }
+        let mut gates = Vec::with_capacity(a.gate_deltas.len());
+        let mut g: u64 = 0;
+        for (i, &d) in a.gate_deltas.iter().enumerate() {
+            if i > 0 && d == 0 {
+                return Err(SessionError::PeerMisbehaved("announced gates not strictly increasing".into()));
+            }
+            g = if i == 0 { d } else { g.checked_add(d).ok_or(SessionError::PeerMisbehaved("gate overflow".into()))? };
+            gates.push(g);
+        }
+        let ann = Announcement { gates, bases: a.bases };
+        ann.validate().map_err(|e| SessionError::PeerMisbehaved(e.to_string()))?;
+        let offset = self.cfg.pulse_offset;
+        let pulses = ann
+            .gates
+            .iter()
+            .map(|&g| {
+                let p = i128::from(g) - i128::from(offset);
+                u64::try_from(p).ok()
+            })
+            .collect();
+        let request = self.next_request;
+        self.next_request += 1;
+        acc.awaiting = Some((request, ann));
+        self.events.push_back(Event::NeedPulses { request, pulses });
+        Ok(())
+    }
+
+    /// The driver's answer to [`Event::NeedPulses`]: the pulse record of each requested
+    /// pulse, in order (`None` where the source has none).
+    pub fn handle_pulses(
+        &mut self,
+        _now: Instant,
+        request: u64,
+        records: &[Option<PulseRecord>],
+    ) -> Result<(), SessionError> {
+        let State::Sifting(acc) = &mut self.state else {
+            return Err(SessionError::ApiMisuse("pulses for a request that is no longer open"));
+        };
+        let Some((req, ann)) = acc.awaiting.as_ref() else {
+            return Err(SessionError::ApiMisuse("pulses without an open request"));
+        };
+        if *req != request {
+            return Err(SessionError::ApiMisuse("pulses for a request that is no longer open"));
+        }
+        let (answer, tx) = sift::answer(ann, records).map_err(|_| SessionError::ApiMisuse("pulse count differs"))?;
+        acc.awaiting = None;
+        acc.key.bits.extend_from(&tx.key.bits);
+        acc.key.intensities.extend_from_slice(&tx.key.intensities);
+        for k in 0..3 {
+            acc.test_n[k] += tx.test_n[k];
+        }
+        let batch = acc.batch;
+        acc.batch += 1;
+        let msg = Message::SiftAnswer(super::message::SiftAnswer { block: self.block, batch, answer });
+        if let Err(e) = self.reply(&msg) {
+            self.stop(link_stop_reason(&e));
+        }
+        Ok(())
+    }
+
+    /// Settles the pending block once the OLT says which block it committed last.
+    fn settle_pending(&mut self, committed: Option<Uuid>) {
+        if let Some(p) = self.pending.take() {
+            if committed == Some(p.id) {
+                self.commit(p);
+            } else {
+                self.events.push_back(Event::Discarded { id: p.id });
+            }
+        }
+    }
+
+    fn commit(&mut self, p: Pending) {
+        let share_bits = p.stats.auth_share_bits as usize;
+        self.link.append_share(&p.key.slice(0, share_bits).to_bytes());
+        let out = p.key.slice(share_bits, p.key.len());
+        self.events.push_back(Event::Block(KeyBlock { id: p.id, key: out }, p.stats));
+    }
+
+    fn on_estimate(&mut self, e: Estimate) -> Result<(), SessionError> {
+        let State::Sifting(acc) = &self.state else {
+            return Err(SessionError::Unexpected { got: "estimate", expected: "sift batches" });
+        };
+        if acc.awaiting.is_some() {
+            return Err(SessionError::Unexpected { got: "estimate", expected: "the answer to the open batch first" });
+        }
+        self.settle_pending(e.last_committed);
+        let State::Sifting(acc) = &self.state else { unreachable!("checked above") };
+        // The OLT's detection counts must be ours; its error counts must be possible.
+        let own_key = acc.key.counts();
+        let consistent = e.counts.key.n == own_key
+            && e.counts.test.n == acc.test_n
+            && BoundInput::from_counts(self.cfg.decoy, &e.counts, self.cfg.eps_sec, self.cfg.eps_cor, 0.0)
+                .validate()
+                .is_ok();
+        if !consistent {
+            self.abort(AbortReason::Inconsistent);
+            return Ok(());
+        }
+        if let Some(reason) = e.abort {
+            self.events.push_back(Event::Aborted { block: self.block, reason, by_peer: true });
+            self.state = State::Idle;
+            return Ok(());
+        }
+        let State::Sifting(acc) = core::mem::replace(&mut self.state, State::Idle) else { unreachable!() };
+        let key = acc.key.bits;
+        let responder = Box::new(CascadeResponder::new(key.clone()));
+        self.state = State::Reconciling { key, counts: e.counts, responder };
+        if self.on_requests(&e.requests).is_err() {
+            self.abort(AbortReason::ReconciliationFailed);
+        }
+        Ok(())
+    }
+
+    /// Answers reconciliation requests (one reply expected per flight).
+    fn on_requests(&mut self, requests: &[ReconcileRequest]) -> Result<(), SessionError> {
+        let State::Reconciling { responder, .. } = &mut self.state else {
+            return Err(SessionError::Unexpected { got: "reconcile", expected: "reconciliation to be running" });
+        };
+        let mut replies: Vec<ReconcileReply> = Vec::new();
+        for r in requests {
+            match responder.handle_request(r) {
+                Ok(Some(rep)) => replies.push(rep),
+                Ok(None) => {}
+                // The responder refuses a malformed or unexpected request without
+                // answering or counting anything; the OLT will retransmit the real one.
+                Err(e) => return Err(SessionError::PeerMisbehaved(e.to_string())),
+            }
+        }
+        if replies.is_empty() {
+            return Ok(());
+        }
+        let msg = Message::ReconcileAnswer(ReconcileAnswer { block: self.block, replies });
+        if let Err(e) = self.reply(&msg) {
+            self.stop(link_stop_reason(&e));
+        }
+        Ok(())
+    }
+
+    fn on_finish(&mut self, f: Finish) -> Result<(), SessionError> {
+        if !matches!(self.state, State::Reconciling { .. }) {
+            return Err(SessionError::Unexpected { got: "finish", expected: "reconciliation to be running" });
+        }
+        // The finish is authenticated: a request the responder refuses here is a real
+        // disagreement, not tampering.
+        if self.on_requests(&f.requests).is_err() {
+            self.abort(AbortReason::ReconciliationFailed);
+            return Ok(());
+        }
+        let State::Reconciling { key, counts, responder } = core::mem::replace(&mut self.state, State::Idle) else {
+            // on_requests aborted the block
+            return Ok(());
+        };
+        if !responder.is_finished() {
+            self.abort(AbortReason::ReconciliationFailed);
+            return Ok(());
+        }
+        let n = key.len();
+        let tag_bits = verification::tag_bits(n, self.cfg.eps_cor);
+        if f.verification.check(&key, tag_bits).is_err() {
+            self.abort(AbortReason::VerificationFailed);
+            return Ok(());
+        }
+        // Recompute ℓ ourselves from the authenticated counts and our own leakage count.
+        let lambda = responder.leaked_bits() as f64 + verification::excess_leakage_bits(tag_bits, self.cfg.eps_cor);
+        let input = BoundInput::from_counts(self.cfg.decoy, &counts, self.cfg.eps_sec, self.cfg.eps_cor, lambda);
+        let share_bits = 8 * self.cfg.auth_share_bytes as u64;
+        let bound = match finite_key(&input) {
+            Ok(o) if o.ell == f.ell && o.ell > share_bits => o,
+            _ => {
+                self.abort(AbortReason::Inconsistent);
+                return Ok(());
+            }
+        };
+        let ell = f.ell as usize;
+        let Ok(seed) = ToeplitzSeed::from_bits(f.pa_seed, n, ell) else {
+            self.abort(AbortReason::Inconsistent);
+            return Ok(());
+        };
+        let Ok(out) = toeplitz_hash(&key, &seed, ell) else {
+            self.abort(AbortReason::Inconsistent);
+            return Ok(());
+        };
+        let stats = BlockStats {
+            block: self.block,
+            key_bits: n as u64,
+            test_qber: counts.test.qber(),
+            key_qber: 0.0,
+            lambda_ec: responder.leaked_bits(),
+            verification_bits: tag_bits,
+            ell: f.ell,
+            auth_share_bits: share_bits,
+            round_trips: 0,
+            auth_bits_spent: 0,
+            phi: bound.phi,
+        };
+        if let Err(e) = self.reply(&Message::Confirm(Confirm { block: self.block, block_id: f.block_id })) {
+            self.stop(link_stop_reason(&e));
+            return Ok(());
+        }
+        let mut stats = stats;
+        stats.auth_bits_spent = self.link.auth_bits_spent() - self.block_auth_start;
+        self.pending = Some(Pending { id: f.block_id, key: out, stats });
+        Ok(())
+    }
+
+    fn on_ack(&mut self, a: Ack) {
+        if self.pending.as_ref().is_some_and(|p| p.id == a.block_id) {
+            self.settle_pending(Some(a.block_id));
+        }
+    }
+}
+
+fn link_stop_reason(e: &LinkError) -> AbortReason {
+    match e {
+        LinkError::Auth(_) => AbortReason::AuthReserveLow,
+        _ => AbortReason::Protocol,
+    }
+}
