@@ -1,11 +1,25 @@
 //! # qpon-sim — the simulated world around qpon
 //!
-//! Physics of the PON splitter tree, fibre, sources, detectors and eavesdroppers; analytic
-//! planning; the event sampler behind the `hw` traits; the in-process whole-PON emulation;
-//! and the `qpon-sim` command line. Today it holds the command line with the finite-key
-//! calculator and the benchmark harness; the physics, the sampler and the emulation arrive
-//! with their issues.
+//! - [`model`]: physics of the splitter tree, fibre, weak-coherent decoy sources, the
+//!   shared gated receiver (dead time, afterpulses spilling between slots) and
+//!   eavesdroppers (intercept-resend, photon-number splitting, detector blinding).
+//! - [`scenario`]: TOML scenario files with the DESIGN.md §5 defaults, validated field by
+//!   field.
+//! - [`planning`]: expected counts, asymptotic and finite-key rates per ONU, and a per-ONU
+//!   optimiser of the source parameters (`qpon-sim rate`, `qpon-sim sweep`).
+//! - [`sampler`]: the event sampler behind the `hw` traits, at a cost proportional to the
+//!   number of detections.
+//! - [`plot`]: PNG plots with a font shipped in the crate.
+//! - [`cli`]: the `qpon-sim` command line.
+//!
+//! The in-process whole-PON emulation arrives with its issue.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod cli;
+pub mod link;
+pub mod model;
+pub mod planning;
+pub mod plot;
+pub mod sampler;
+pub mod scenario;

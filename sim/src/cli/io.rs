@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 pub fn read_input(path: &Path) -> Result<String, CliError> {
     let mut s = String::new();
     if path == Path::new("-") {
-        std::io::stdin().read_to_string(&mut s).map_err(|e| CliError::BadInput(format!("reading stdin: {e}")))?;
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .map_err(|e| CliError::BadInput(format!("reading stdin: {e}")))?;
     } else {
         s = std::fs::read_to_string(path)
             .map_err(|e| CliError::BadInput(format!("reading {}: {e}", path.display())))?;

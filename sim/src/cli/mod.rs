@@ -10,6 +10,8 @@ use std::process::ExitCode;
 pub mod bench;
 pub mod finite_key;
 pub mod io;
+pub mod rate;
+pub mod sweep;
 
 /// qpon-sim: plan, emulate and measure multi-user QKD in passive optical networks.
 #[derive(Debug, Parser)]
@@ -27,6 +29,10 @@ pub enum Command {
     FiniteKey(finite_key::Args),
     /// Measure single-thread throughput of each distillation stage.
     Bench(bench::Args),
+    /// Per-ONU and aggregate key rates of a PON from the analytic model.
+    Rate(rate::Args),
+    /// Key rates over a grid of ONU counts, distances, detectors and blocks (TSV, JSON, PNG).
+    Sweep(sweep::Args),
 }
 
 /// Exit code for bad input (a field that cannot be accepted, an unreadable file).
@@ -60,6 +66,8 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::FiniteKey(a) => finite_key::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Rate(a) => rate::run(a),
+        Command::Sweep(a) => sweep::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,870 @@
+//! The event sampler: the receiver's detection records and every ONU's pulse records,
+//! consistent with [`crate::model`], at a cost proportional to the number of detections.
+//!
+//! # How it works
+//!
+//! Within a run of gates owned by one ONU every gate clicks (before dead time and
+//! afterpulses) with the same mean probability D̄ = Σ p_k·p(b_s)·p(b_r)·D_{k,b_s,b_r}, so
+//! the gap to the next click is geometric. The sampler draws one Exp(1) variate per click
+//! and walks the frame's segments subtracting each segment's hazard −ln(1−D̄)·length until
+//! the variate is used up: the gate where that happens is the next click, and gates in
+//! between are never visited. At a click it draws the intensity class and both bases
+//! jointly from the click-conditional distribution (an alias table), the encoded bit, and
+//! the detector outcome (correct, wrong, double) from the model's conditional
+//! probabilities; it stores the ONU's pulse record and emits the detection record. After a
+//! click the receiver is dead for `dead_time` gates (the walk resumes after them, which is
+//! exact because the process is memoryless) and with probability p_ap an afterpulse is
+//! queued `dead_time + 1 + m` gates later (m from the afterpulse kernel); an afterpulse
+//! that lands in a live gate is a detection with a random bit, on whatever pulse owns that
+//! gate — the same ONU's or the next slot's.
+//!
+//! Pulses that did not click are never generated. If an ONU is asked about one, its record
+//! is drawn from the no-click conditional distribution with a hash of (seed, ONU, pulse)
+//! as randomness, so the answer is the same however often it is asked.
+//!
+//! Randomness: one ChaCha8 stream seeded from the scenario seed. Given the seed and the
+//! same sequence of calls the output is identical; splitting a run into different poll
+//! chunks gives the same records up to floating-point rounding of the hazard sums (which
+//! in practice never changes a gate).
+//!
+//! Probabilities are resolved to 2⁻³⁰ or better (2⁻³² for the class/basis draw and the
+//! afterpulse decision, 2⁻⁶⁴ for the rare wrong-versus-double branch).
+
+pub mod bench;
+
+use crate::model::{CellTable, DetectorModel, SlotMap};
+use crate::planning::tables;
+use crate::scenario::Pon;
+use qpon_hw::{
+    Basis, DetectionFlags, DetectionRecord, DetectorChannelStatus, DetectorSource, DetectorStatus, Intensity,
+    PulseAnswer, PulseRecord, PulseSource, SourceError, SourceSchedule,
+};
+use rand::rngs::ChaCha8Rng;
+use rand::{Rng, SeedableRng};
+use rand_distr::{Distribution, Exp1};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// Gates of propagation delay per km of fibre at 1 GHz (5 µs/km, DESIGN.md §7).
+pub const GATES_PER_KM_AT_1GHZ: f64 = 5000.0;
+
+/// Twelve categories (k, b_s, b_r) → index k·4 + b_s·2 + b_r.
+const CATS: usize = 12;
+
+/// Walker/Vose alias table over the twelve categories.
+#[derive(Clone, Debug)]
+struct Alias {
+    /// Keep category i when the low 32 bits are below this (scaled to 2³²).
+    keep: [u64; CATS],
+    alias: [u8; CATS],
+}
+
+impl Alias {
+    fn new(w: &[f64; CATS]) -> Alias {
+        let sum: f64 = w.iter().sum();
+        let mut keep = [1u64 << 32; CATS];
+        let mut alias = [0u8; CATS];
+        for (i, a) in alias.iter_mut().enumerate() {
+            *a = i as u8;
+        }
+        if sum.is_nan() || sum <= 0.0 {
+            return Alias { keep, alias };
+        }
+        let mut scaled: Vec<f64> = w.iter().map(|x| x / sum * CATS as f64).collect();
+        let mut small: Vec<usize> = (0..CATS).filter(|&i| scaled[i] < 1.0).collect();
+        let mut large: Vec<usize> = (0..CATS).filter(|&i| scaled[i] >= 1.0).collect();
+        while let (Some(s), Some(&l)) = (small.pop(), large.last()) {
+            keep[s] = (scaled[s] * 4294967296.0).round() as u64;
+            alias[s] = l as u8;
+            scaled[l] -= 1.0 - scaled[s];
+            if scaled[l] < 1.0 {
+                large.pop();
+                small.push(l);
+            }
+        }
+        Alias { keep, alias }
+    }
+
+    #[inline]
+    fn sample(&self, u: u64) -> usize {
+        let i = (((u >> 32) * CATS as u64) >> 32) as usize;
+        if (u & 0xffff_ffff) < self.keep[i] { i } else { self.alias[i] as usize }
+    }
+}
+
+/// Outcome draw of one category, conditional on a click.
+#[derive(Clone, Copy, Debug, Default)]
+struct OutcomeDraw {
+    /// P(correct only | click), scaled to 2³⁰.
+    c: u32,
+    /// P(wrong only | click, not correct only), scaled to 2⁶⁴ (saturating).
+    w: u64,
+}
+
+/// Per-ONU sampling tables.
+#[derive(Clone, Debug)]
+struct OnuTables {
+    click: Alias,
+    outcome: [OutcomeDraw; CATS],
+    no_click: Alias,
+    mean_click: f64,
+    blinded: bool,
+}
+
+impl OnuTables {
+    fn new(t: &CellTable) -> OnuTables {
+        let mut wc = [0.0; CATS];
+        let mut wn = [0.0; CATS];
+        let mut outcome = [OutcomeDraw::default(); CATS];
+        for k in 0..3 {
+            for bs in 0..2 {
+                for br in 0..2 {
+                    let i = k * 4 + bs * 2 + br;
+                    let o = &t.cells[k][bs][br];
+                    let d = o.click();
+                    wc[i] = t.weight[k][bs][br] * d;
+                    wn[i] = t.weight[k][bs][br] * (1.0 - d);
+                    if d > 0.0 {
+                        let rest = o.w + o.both;
+                        outcome[i] = OutcomeDraw {
+                            c: ((o.c / d) * (1u64 << 30) as f64).round().min((1u64 << 30) as f64) as u32,
+                            w: if rest > 0.0 { to_u64_scale(o.w / rest) } else { u64::MAX },
+                        };
+                    }
+                }
+            }
+        }
+        OnuTables {
+            click: Alias::new(&wc),
+            outcome,
+            no_click: Alias::new(&wn),
+            mean_click: t.mean_click(),
+            blinded: t.blinded,
+        }
+    }
+}
+
+fn to_u64_scale(p: f64) -> u64 {
+    if p >= 1.0 { u64::MAX } else { (p.max(0.0) * 18446744073709551616.0) as u64 }
+}
+
+fn to_u32_scale(p: f64) -> u64 {
+    (p.clamp(0.0, 1.0) * 4294967296.0).round() as u64
+}
+
+/// One segment of the current frame.
+#[derive(Clone, Copy, Debug)]
+struct Seg {
+    start: u64,
+    end: u64,
+    /// ONU index, or `u32::MAX` for idle/guard gates.
+    owner: u32,
+    /// Hazard per gate, −ln(1 − D̄), and its inverse (0 when the hazard is 0).
+    lambda: f64,
+    inv_lambda: f64,
+    /// Equalisation delay of the owner during this frame.
+    delay: u64,
+    /// Clicks here spawn afterpulses / afterpulses here are detected.
+    ap: bool,
+}
+
+const IDLE: u32 = u32::MAX;
+
+/// Per-ONU state.
+#[derive(Debug)]
+struct OnuState {
+    tables: OnuTables,
+    /// Schedules in force, by the frame they start at (the first one from frame 0).
+    history: Vec<SourceSchedule>,
+    /// Schedules waiting for their frame.
+    pending: Vec<SourceSchedule>,
+    /// Records of the pulses that caused or received a detection, in pulse order.
+    records: Vec<PulseRecord>,
+    /// Pulses below this have been released.
+    released: u64,
+    answers: VecDeque<PulseAnswer>,
+}
+
+impl OnuState {
+    fn schedule_at(&self, frame: u64) -> Option<&SourceSchedule> {
+        self.history.iter().rev().find(|s| s.from_frame <= frame)
+    }
+}
+
+/// Counters for the detector status.
+#[derive(Clone, Copy, Debug, Default)]
+struct Counters {
+    clicks: [u64; 2],
+    doubles: u64,
+    since_gate: u64,
+}
+
+/// The sampler: a whole PON's quantum layer. Use it directly (tests, benchmarks) or
+/// through [`SimPon`]'s handles, which implement the `hw` traits.
+#[derive(Debug)]
+pub struct Sampler {
+    rng: ChaCha8Rng,
+    seed: u64,
+    gate_rate_hz: f64,
+    frame_gates: u64,
+    dead: u64,
+    window: u64,
+    det: DetectorModel,
+    /// Afterpulse probability, scaled to 2³².
+    p_ap: u64,
+    /// Afterpulse delay CDF (scaled to 2³²), entry m = P(delay index ≤ m).
+    ap_cdf: Vec<u64>,
+    /// Idle gates: receiver P(Z) (2³²), P(both | dark click) (2³²), hazard.
+    idle_basis: u64,
+    idle_double: u64,
+    idle_lambda: f64,
+    onus: Vec<OnuState>,
+    segs: Vec<Seg>,
+    /// Cumulative hazard at the start of each segment (one more entry: the frame's total).
+    hcum: Vec<f64>,
+    /// Bucket index over the frame's hazard: `buckets[b]` is the first segment whose
+    /// cumulative hazard at its end exceeds b·H/M, so a lookup starts next to its answer.
+    buckets: Vec<u32>,
+    /// M / H.
+    bucket_scale: f64,
+    /// Frame whose segments are in `segs`, and its first gate.
+    seg_frame: u64,
+    frame_base: u64,
+    frame_hazard: f64,
+    next_change: u64,
+    blinded_per_frame: u64,
+    // Walk state.
+    pos: u64,
+    seg_idx: usize,
+    e_rem: f64,
+    pending_ap: Vec<u64>,
+    last_det: Option<u64>,
+    out: Vec<DetectionRecord>,
+    counters: Counters,
+}
+
+impl Sampler {
+    /// A sampler for `pon`, every ONU firing in its slot of `pon.map` with an equalisation
+    /// delay equal to its fibre delay, seeded with `pon.seed`.
+    pub fn new(pon: &Pon) -> Sampler {
+        let tabs = tables(pon);
+        let delays: Vec<u64> = pon
+            .onus
+            .iter()
+            .map(|o| (o.length_km * GATES_PER_KM_AT_1GHZ * pon.gate_rate_hz / 1e9).round() as u64)
+            .collect();
+        Self::with_tables(pon, &tabs, &pon.map, &delays)
+    }
+
+    fn with_tables(pon: &Pon, tabs: &[CellTable], map: &SlotMap, delays: &[u64]) -> Sampler {
+        let det = pon.detector;
+        let kernel = det.afterpulse_kernel();
+        let mut acc = 0.0;
+        let ap_cdf = kernel
+            .iter()
+            .map(|p| {
+                acc += p;
+                to_u32_scale(acc)
+            })
+            .collect();
+        let y0 = det.y0();
+        let onus = tabs
+            .iter()
+            .enumerate()
+            .map(|(i, t)| OnuState {
+                tables: OnuTables::new(t),
+                history: vec![SourceSchedule {
+                    from_frame: 0,
+                    frame_gates: map.frame_gates,
+                    slots: map.slots[i].clone(),
+                    equalisation_delay: delays[i],
+                }],
+                pending: Vec::new(),
+                records: Vec::new(),
+                released: 0,
+                answers: VecDeque::new(),
+            })
+            .collect();
+        let mut s = Sampler {
+            rng: ChaCha8Rng::seed_from_u64(pon.seed),
+            seed: pon.seed,
+            gate_rate_hz: pon.gate_rate_hz,
+            frame_gates: map.frame_gates,
+            dead: u64::from(det.dead_time),
+            window: kernel.len() as u64,
+            det,
+            p_ap: to_u32_scale(det.afterpulse),
+            ap_cdf,
+            idle_basis: to_u32_scale(pon.receiver_p_z),
+            idle_double: if y0 > 0.0 { to_u32_scale(det.dark_count * det.dark_count / y0) } else { 0 },
+            idle_lambda: -(-y0).ln_1p(),
+            onus,
+            segs: Vec::new(),
+            hcum: Vec::new(),
+            buckets: Vec::new(),
+            bucket_scale: 0.0,
+            seg_frame: 0,
+            frame_base: 0,
+            frame_hazard: 0.0,
+            next_change: u64::MAX,
+            blinded_per_frame: 0,
+            pos: 0,
+            seg_idx: 0,
+            e_rem: 0.0,
+            pending_ap: Vec::new(),
+            last_det: None,
+            out: Vec::new(),
+            counters: Counters::default(),
+        };
+        s.rebuild(0);
+        s.e_rem = s.exp();
+        s
+    }
+
+    #[inline]
+    fn exp(&mut self) -> f64 {
+        Exp1.sample(&mut self.rng)
+    }
+
+    /// Rebuilds the segment table for `frame`, applying schedules due by then.
+    fn rebuild(&mut self, frame: u64) {
+        let mut slots = Vec::with_capacity(self.onus.len());
+        let mut next = u64::MAX;
+        for o in &mut self.onus {
+            while o.pending.first().is_some_and(|s| s.from_frame <= frame) {
+                let mut s = o.pending.remove(0);
+                s.from_frame = s.from_frame.max(frame);
+                o.history.push(s);
+            }
+            if let Some(p) = o.pending.first() {
+                next = next.min(p.from_frame);
+            }
+            slots.push(o.schedule_at(frame).map(|s| s.slots.clone()).unwrap_or_default());
+        }
+        let map = SlotMap { frame_gates: self.frame_gates, slots };
+        self.segs.clear();
+        self.hcum.clear();
+        self.hcum.push(0.0);
+        self.frame_hazard = 0.0;
+        self.blinded_per_frame = 0;
+        for seg in map.segments() {
+            let (owner, lambda, ap) = match seg.owner {
+                crate::model::Owner::Onu(i) => {
+                    let t = &self.onus[i].tables;
+                    if t.blinded {
+                        self.blinded_per_frame += seg.len();
+                    }
+                    (i as u32, -(-t.mean_click).ln_1p(), !t.blinded)
+                }
+                crate::model::Owner::Idle => (IDLE, self.idle_lambda, true),
+            };
+            self.frame_hazard += lambda * seg.len() as f64;
+            let delay = match seg.owner {
+                crate::model::Owner::Onu(i) => {
+                    self.onus[i].schedule_at(frame).map(|s| s.equalisation_delay).unwrap_or(0)
+                }
+                crate::model::Owner::Idle => 0,
+            };
+            let inv_lambda = if lambda > 0.0 { 1.0 / lambda } else { 0.0 };
+            self.segs.push(Seg { start: seg.start, end: seg.end, owner, lambda, inv_lambda, delay, ap });
+            self.hcum.push(self.frame_hazard);
+        }
+        let m = 4 * self.segs.len();
+        self.buckets.clear();
+        self.bucket_scale = if self.frame_hazard > 0.0 { m as f64 / self.frame_hazard } else { 0.0 };
+        let mut j = 0usize;
+        for b in 0..m {
+            let h = b as f64 * self.frame_hazard / m as f64;
+            while j + 1 < self.segs.len() && self.hcum[j + 1] <= h {
+                j += 1;
+            }
+            self.buckets.push(j as u32);
+        }
+        self.seg_frame = frame;
+        self.frame_base = frame * self.frame_gates;
+        self.seg_idx = 0;
+        self.next_change = next;
+    }
+
+    /// Gates per second.
+    pub fn gate_rate_hz(&self) -> f64 {
+        self.gate_rate_hz
+    }
+
+    /// Every gate below this has been generated.
+    pub fn horizon(&self) -> u64 {
+        self.pos
+    }
+
+    /// Takes the detection records generated so far (in gate order).
+    pub fn take_detections(&mut self, out: &mut Vec<DetectionRecord>) {
+        out.append(&mut self.out);
+    }
+
+    /// Number of detection records generated and not yet taken.
+    pub fn pending_detections(&self) -> usize {
+        self.out.len()
+    }
+
+    /// Forgets ONU `onu`'s pulse records below `pulse`.
+    pub fn release_before(&mut self, onu: usize, pulse: u64) {
+        let o = &mut self.onus[onu];
+        if pulse <= o.released {
+            return;
+        }
+        o.released = pulse;
+        let cut = o.records.partition_point(|r| r.pulse < pulse);
+        o.records.drain(..cut);
+    }
+
+    /// Forgets every ONU's pulse records for gates below `gate`.
+    pub fn release_gates_before(&mut self, gate: u64) {
+        for i in 0..self.onus.len() {
+            let d = self.onus[i].history.last().map(|s| s.equalisation_delay).unwrap_or(0);
+            self.release_before(i, gate.saturating_sub(d));
+        }
+    }
+
+    /// Installs a schedule for ONU `onu` (see [`PulseSource::configure`]).
+    pub fn configure(&mut self, onu: usize, schedule: &SourceSchedule) -> Result<(), SourceError> {
+        schedule.validate()?;
+        if schedule.frame_gates != self.frame_gates {
+            return Err(SourceError::InvalidConfig {
+                field: "frame_gates".into(),
+                reason: format!(
+                    "{} differs from the receiver's frame of {} gates",
+                    schedule.frame_gates, self.frame_gates
+                ),
+            });
+        }
+        let mut s = schedule.clone();
+        let now = self.pos / self.frame_gates;
+        if s.from_frame <= now {
+            s.from_frame = now + 1;
+        }
+        let o = &mut self.onus[onu];
+        o.pending.retain(|p| p.from_frame < s.from_frame);
+        o.pending.push(s);
+        o.pending.sort_by_key(|p| p.from_frame);
+        self.next_change = self.next_change.min(self.onus[onu].pending[0].from_frame);
+        Ok(())
+    }
+
+    /// Generates every detection with a gate below `until`.
+    pub fn advance(&mut self, until: u64) {
+        while self.pos < until {
+            let ap = self.pending_ap.first().copied();
+            let limit = match ap {
+                Some(a) => until.min(a + 1),
+                None => until,
+            };
+            match self.walk(limit) {
+                Some(c) => {
+                    if ap == Some(c) {
+                        self.pending_ap.remove(0);
+                    }
+                    self.primary(c);
+                }
+                None => {
+                    // The walk reached `limit` with no primary click.
+                    if let Some(a) = ap
+                        && self.pos == a + 1
+                    {
+                        self.pending_ap.remove(0);
+                        self.afterpulse(a);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Consumes hazard from `pos` towards `limit`; returns the gate of the next primary
+    /// click if it comes before `limit` (leaving `pos` there), else leaves `pos = limit`.
+    ///
+    /// The cumulative hazard of the frame is tabulated per segment (`hcum`), so finding the
+    /// click is a short scan over that table, not a loop over gates.
+    #[inline]
+    fn walk(&mut self, limit: u64) -> Option<u64> {
+        let f = self.frame_gates;
+        loop {
+            if self.pos >= self.frame_base + f {
+                let frame = self.pos / f;
+                if frame >= self.next_change {
+                    self.rebuild(frame);
+                } else {
+                    self.seg_frame = frame;
+                    self.frame_base = frame * f;
+                    self.seg_idx = 0;
+                }
+                // Skip whole frames when the variate outlasts them.
+                if self.pos == self.frame_base && self.frame_hazard > 0.0 && self.e_rem >= self.frame_hazard {
+                    let max_frames =
+                        (limit / f).saturating_sub(frame).min(self.next_change.saturating_sub(frame));
+                    let k = ((self.e_rem / self.frame_hazard) as u64).min(max_frames);
+                    if k > 0 {
+                        self.e_rem -= k as f64 * self.frame_hazard;
+                        self.pos += k * f;
+                        continue;
+                    }
+                }
+            }
+            let in_frame = self.pos - self.frame_base;
+            while self.segs[self.seg_idx].end <= in_frame {
+                self.seg_idx += 1;
+            }
+            let seg = self.segs[self.seg_idx];
+            let h_pos = self.hcum[self.seg_idx] + (in_frame - seg.start) as f64 * seg.lambda;
+            let target = h_pos + self.e_rem;
+            let n = self.segs.len();
+            let mut j = self.seg_idx;
+            if target < self.frame_hazard {
+                let b = (target * self.bucket_scale) as usize;
+                if let Some(&k) = self.buckets.get(b) {
+                    j = j.max(k as usize);
+                }
+            }
+            while j < n && self.hcum[j + 1] <= target {
+                j += 1;
+            }
+            let lim_in = (limit - self.frame_base).min(f);
+            if j < n {
+                let s = self.segs[j];
+                let off = ((target - self.hcum[j]) * s.inv_lambda) as u64;
+                let c_in = (s.start + off).clamp(s.start.max(in_frame), s.end - 1);
+                if c_in < lim_in {
+                    self.seg_idx = j;
+                    self.pos = self.frame_base + c_in;
+                    return Some(self.pos);
+                }
+            }
+            if lim_in < f || self.frame_base + f == limit {
+                // `limit` comes first: keep the unused hazard.
+                let mut k = self.seg_idx;
+                while k + 1 < n && self.segs[k].end <= lim_in {
+                    k += 1;
+                }
+                let h_lim = if lim_in >= f {
+                    self.frame_hazard
+                } else {
+                    self.hcum[k] + (lim_in - self.segs[k].start) as f64 * self.segs[k].lambda
+                };
+                self.e_rem = (target - h_lim).max(0.0);
+                self.seg_idx = k;
+                self.pos = limit;
+                return None;
+            }
+            self.e_rem = (target - self.frame_hazard).max(0.0);
+            self.pos = self.frame_base + f;
+        }
+    }
+
+    fn seg_at(&self, gate: u64) -> Seg {
+        let in_frame = gate % self.frame_gates;
+        let i = self.segs.partition_point(|s| s.end <= in_frame);
+        self.segs[i.min(self.segs.len() - 1)]
+    }
+
+    #[inline]
+    fn flags_for(&self, gate: u64) -> u8 {
+        match self.last_det {
+            Some(l) if gate - l <= self.dead + self.window => DetectionFlags::AFTERPULSE_WINDOW,
+            _ => 0,
+        }
+    }
+
+    /// After a detection at `gate`: dead time, afterpulse, fresh variate.
+    #[inline]
+    fn after_detection(&mut self, gate: u64, spawn: bool, u_ap: u64) {
+        self.last_det = Some(gate);
+        let resume = gate + self.dead + 1;
+        while self.pending_ap.first().is_some_and(|&a| a < resume) {
+            self.pending_ap.remove(0);
+        }
+        if spawn && u_ap < self.p_ap {
+            let u = self.rng.next_u64() & 0xffff_ffff;
+            let m = self.ap_cdf.partition_point(|&c| c <= u).min(self.ap_cdf.len() - 1) as u64;
+            let a = resume + m;
+            let at = self.pending_ap.partition_point(|&x| x < a);
+            if self.pending_ap.get(at) != Some(&a) {
+                self.pending_ap.insert(at, a);
+            }
+        }
+        // Gates in the dead window are skipped without consuming hazard.
+        self.pos = resume;
+        self.e_rem = self.exp();
+    }
+
+    /// A primary click (signal or dark) at gate `c`, where `pos == c`.
+    #[inline]
+    fn primary(&mut self, c: u64) {
+        let seg = self.segs[self.seg_idx];
+        let u1 = self.rng.next_u64();
+        let u2 = self.rng.next_u64();
+        let mut flags = self.flags_for(c);
+        let delay = seg.delay;
+        let (basis, bit) = if seg.owner != IDLE && c >= delay {
+            let o = &mut self.onus[seg.owner as usize];
+            let cat = o.tables.click.sample(u1);
+            let (k, bs, br) = (cat / 4, (cat / 2) % 2, cat % 2);
+            let x = (u2 >> 32) & 1 == 1;
+            let draw = o.tables.outcome[cat];
+            let level = (u2 >> 34) as u32;
+            let bit = if level < draw.c {
+                x
+            } else {
+                let u3 = self.rng.next_u64();
+                if u3 < draw.w {
+                    !x
+                } else {
+                    flags |= DetectionFlags::DOUBLE_CLICK;
+                    (u2 >> 33) & 1 == 1
+                }
+            };
+            let Some(intensity) = Intensity::from_index(k as u8) else { unreachable!() };
+            o.records.push(PulseRecord {
+                pulse: c - delay,
+                basis: Basis::from_bit(bs == 1),
+                bit: x,
+                intensity,
+            });
+            (Basis::from_bit(br == 1), bit)
+        } else {
+            // Dark count in a guard or idle gate.
+            let basis = Basis::from_bit((u1 & 0xffff_ffff) >= self.idle_basis);
+            if (u1 >> 32) < self.idle_double {
+                flags |= DetectionFlags::DOUBLE_CLICK;
+            }
+            (basis, (u2 >> 33) & 1 == 1)
+        };
+        self.emit(c, basis, bit, flags);
+        self.after_detection(c, seg.ap, u2 & 0xffff_ffff);
+    }
+
+    /// An afterpulse at gate `a` (no primary click there); `pos == a + 1`.
+    fn afterpulse(&mut self, a: u64) {
+        let frame = a / self.frame_gates;
+        // The walk stops at `a + 1` without entering a new frame, so the segments are
+        // still those of `a`'s frame.
+        debug_assert_eq!(frame, self.seg_frame);
+        let seg = self.seg_at(a);
+        if !seg.ap {
+            return; // blinded: the detector does not afterpulse
+        }
+        let u1 = self.rng.next_u64();
+        let u2 = self.rng.next_u64();
+        let flags = self.flags_for(a) | DetectionFlags::AFTERPULSE_WINDOW;
+        let bit = (u2 >> 33) & 1 == 1;
+        let basis = if seg.owner != IDLE {
+            let o = &mut self.onus[seg.owner as usize];
+            let delay = seg.delay;
+            let cat = o.tables.no_click.sample(u1);
+            let (k, bs, br) = (cat / 4, (cat / 2) % 2, cat % 2);
+            if a >= delay {
+                let Some(intensity) = Intensity::from_index(k as u8) else { unreachable!() };
+                let x = (u2 >> 32) & 1 == 1;
+                o.records.push(PulseRecord {
+                    pulse: a - delay,
+                    basis: Basis::from_bit(bs == 1),
+                    bit: x,
+                    intensity,
+                });
+            }
+            Basis::from_bit(br == 1)
+        } else {
+            Basis::from_bit((u1 & 0xffff_ffff) >= self.idle_basis)
+        };
+        self.emit(a, basis, bit, flags);
+        // The walk is at a + 1; the detection at `a` restarts it after the dead time.
+        self.pos = a;
+        self.after_detection(a, true, u2 & 0xffff_ffff);
+    }
+
+    #[inline]
+    fn emit(&mut self, gate: u64, basis: Basis, bit: bool, flags: u8) {
+        if flags & DetectionFlags::DOUBLE_CLICK != 0 {
+            self.counters.doubles += 1;
+            self.counters.clicks[0] += 1;
+            self.counters.clicks[1] += 1;
+        } else {
+            self.counters.clicks[bit as usize] += 1;
+        }
+        self.out.push(DetectionRecord { gate, basis, bit, flags: DetectionFlags(flags) });
+    }
+
+    /// Looks up ONU `onu`'s records of `pulses`.
+    pub fn lookup(&self, onu: usize, pulses: &[u64]) -> Vec<Option<PulseRecord>> {
+        let o = &self.onus[onu];
+        pulses
+            .iter()
+            .map(|&p| {
+                if p < o.released {
+                    return None;
+                }
+                if let Ok(i) = o.records.binary_search_by_key(&p, |r| r.pulse) {
+                    return Some(o.records[i]);
+                }
+                // Did the source fire this pulse, and has it been generated?
+                let mut found = None;
+                for s in o.history.iter().rev() {
+                    let gate = p + s.equalisation_delay;
+                    if gate / self.frame_gates >= s.from_frame {
+                        found = Some((s, gate));
+                        break;
+                    }
+                }
+                let (s, gate) = found?;
+                if gate >= self.horizon() || !s.fires(p) {
+                    return None;
+                }
+                // A pulse that did not click: drawn from the no-click distribution with
+                // a hash of (seed, onu, pulse) as randomness.
+                let h1 = splitmix(self.seed ^ splitmix(onu as u64 ^ splitmix(p)));
+                let h2 = splitmix(h1);
+                let cat = o.tables.no_click.sample(h1);
+                let Some(intensity) = Intensity::from_index((cat / 4) as u8) else { unreachable!() };
+                Some(PulseRecord {
+                    pulse: p,
+                    basis: Basis::from_bit((cat / 2) % 2 == 1),
+                    bit: h2 & 1 == 1,
+                    intensity,
+                })
+            })
+            .collect()
+    }
+
+    /// The receiver status since the last call.
+    pub fn status(&mut self) -> DetectorStatus {
+        let now = self.horizon();
+        let c = std::mem::take(&mut self.counters);
+        self.counters.since_gate = now;
+        let gates = now.saturating_sub(c.since_gate);
+        let secs = gates as f64 / self.gate_rate_hz;
+        let rate = |n: u64| if secs > 0.0 { n as f64 / secs } else { 0.0 };
+        // Share of the interval spent blinded, from the current slot map.
+        let frac = self.blinded_per_frame as f64 / self.frame_gates as f64;
+        let nom = self.det.bias_current_ua;
+        let bl = self.det.blinded_bias_current_ua;
+        let range = if frac > 0.0 { (nom.min(bl), nom.max(bl)) } else { (nom, nom) };
+        let ch = |i: usize| DetectorChannelStatus {
+            bias_current_ua: nom * (1.0 - frac) + bl * frac,
+            bias_current_range_ua: range,
+            nominal_bias_current_ua: nom,
+            click_rate_hz: rate(c.clicks[i]),
+        };
+        DetectorStatus {
+            gate: now,
+            interval_gates: gates,
+            detectors: vec![ch(0), ch(1)],
+            double_click_rate_hz: rate(c.doubles),
+        }
+    }
+
+    /// Number of ONUs.
+    pub fn onus(&self) -> usize {
+        self.onus.len()
+    }
+}
+
+fn splitmix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// A simulated PON shared by handles that implement the `hw` traits: one
+/// [`SimDetector`] for the OLT and one [`SimSource`] per ONU.
+#[derive(Clone, Debug)]
+pub struct SimPon {
+    core: Arc<Mutex<Sampler>>,
+}
+
+impl SimPon {
+    /// A simulated PON for a resolved scenario.
+    pub fn new(pon: &Pon) -> SimPon {
+        SimPon { core: Arc::new(Mutex::new(Sampler::new(pon))) }
+    }
+
+    /// The OLT's receiver.
+    pub fn detector(&self) -> SimDetector {
+        SimDetector { core: self.core.clone() }
+    }
+
+    /// ONU `onu`'s source.
+    ///
+    /// # Panics
+    /// If there is no such ONU.
+    pub fn source(&self, onu: usize) -> SimSource {
+        assert!(onu < lock(&self.core).onus(), "no ONU {onu}");
+        SimSource { core: self.core.clone(), onu }
+    }
+
+    /// Direct access to the sampler (tests, the emulation's clock).
+    pub fn with<R>(&self, f: impl FnOnce(&mut Sampler) -> R) -> R {
+        f(&mut lock(&self.core))
+    }
+}
+
+fn lock(m: &Mutex<Sampler>) -> MutexGuard<'_, Sampler> {
+    // A panic while holding the lock leaves the sampler usable (its state is always
+    // consistent between events).
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The OLT's receiver in a [`SimPon`].
+#[derive(Clone, Debug)]
+pub struct SimDetector {
+    core: Arc<Mutex<Sampler>>,
+}
+
+impl DetectorSource for SimDetector {
+    fn gate_rate_hz(&self) -> f64 {
+        lock(&self.core).gate_rate_hz()
+    }
+
+    fn poll_detections(
+        &mut self,
+        until_gate: u64,
+        out: &mut Vec<DetectionRecord>,
+    ) -> Result<u64, SourceError> {
+        let mut s = lock(&self.core);
+        s.advance(until_gate);
+        s.take_detections(out);
+        Ok(until_gate)
+    }
+
+    fn status(&mut self) -> Result<DetectorStatus, SourceError> {
+        Ok(lock(&self.core).status())
+    }
+}
+
+/// One ONU's source in a [`SimPon`].
+#[derive(Clone, Debug)]
+pub struct SimSource {
+    core: Arc<Mutex<Sampler>>,
+    onu: usize,
+}
+
+impl PulseSource for SimSource {
+    fn configure(&mut self, schedule: &SourceSchedule) -> Result<(), SourceError> {
+        lock(&self.core).configure(self.onu, schedule)
+    }
+
+    fn request_pulses(&mut self, id: u64, pulses: &[u64]) -> Result<(), SourceError> {
+        let mut s = lock(&self.core);
+        let records = s.lookup(self.onu, pulses);
+        s.onus[self.onu].answers.push_back(PulseAnswer { id, records });
+        Ok(())
+    }
+
+    fn poll_pulses(&mut self) -> Option<PulseAnswer> {
+        lock(&self.core).onus[self.onu].answers.pop_front()
+    }
+
+    fn release_before(&mut self, pulse: u64) {
+        lock(&self.core).release_before(self.onu, pulse);
+    }
+}
+
+#[cfg(test)]
+mod tests;
