@@ -70,6 +70,22 @@ impl KeyPool for MemoryPool {
     }
 }
 
+/// A pool shared between a driver and an observer (the emulation compares both ends'
+/// pools through it).
+impl KeyPool for std::sync::Arc<std::sync::Mutex<MemoryPool>> {
+    fn append(&mut self, id: Uuid, key: &BitBlock) -> Result<(), PoolError> {
+        self.lock().map_err(|_| PoolError::Store("pool lock poisoned".into()))?.append(id, key)
+    }
+
+    fn level_bits(&self) -> u64 {
+        self.lock().map(|p| p.level_bits()).unwrap_or(0)
+    }
+
+    fn blocks(&self) -> u64 {
+        self.lock().map(|p| p.blocks()).unwrap_or(0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

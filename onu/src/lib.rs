@@ -1,7 +1,168 @@
 //! # qpon-onu — the ONU driver
 //!
-//! Will hold: the ONU driver library and the `onu` binary. Protocol logic belongs in
-//! `qpon-qkd` and `qpon-mux`, not here.
+//! [`OnuDriver`] joins one [`qpon_qkd::session::OnuSession`] to the ONU's QKD source (any
+//! [`qpon_hw::PulseSource`]: the simulator's, or a source board's driver) and to the ONU's
+//! key pool. It is sans-IO like the session: the caller feeds it frames from the OLT and
+//! sends what [`OnuDriver::poll_transmit`] returns; pulse look-ups go to the source and
+//! their answers back to the session without the caller's help (call
+//! [`OnuDriver::poll_source`] when a board may have answered). Protocol logic lives in
+//! `qpon-qkd`, not here.
 //!
-//! Nothing is implemented yet; see the README's features table.
+//! Still to come (see the README's features table): the `onu` binary.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+use qpon_hw::PulseSource;
+use qpon_kms::KeyPool;
+use qpon_qkd::session::{Event, OnuSession, SessionError};
+use qpon_qkd::time::Instant;
+use serde::Serialize;
+use std::collections::{BTreeMap, VecDeque};
+
+/// What the ONU knows about its key generation.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct OnuDriverStats {
+    /// Finished blocks.
+    pub blocks: u64,
+    /// Secret bits appended to the pool.
+    pub secret_bits: u64,
+    /// Blocks discarded because the OLT did not commit them.
+    pub discarded: u64,
+    /// Aborted blocks by reason.
+    pub aborted: BTreeMap<String, u64>,
+    /// Frames refused.
+    pub refused: u64,
+    /// Pulse look-ups the source could not serve.
+    pub source_errors: u64,
+}
+
+/// The ONU driver.
+pub struct OnuDriver<P: PulseSource> {
+    session: OnuSession,
+    source: P,
+    pool: Box<dyn KeyPool>,
+    stats: OnuDriverStats,
+    /// Open look-ups: source request id → positions of `None` (gates before the source's
+    /// first pulse) to re-insert into the answer.
+    open: BTreeMap<u64, (Vec<usize>, usize)>,
+    outbox: VecDeque<Vec<u8>>,
+}
+
+impl<P: PulseSource> OnuDriver<P> {
+    /// A driver for `session`, reading pulses from `source`, appending to `pool`.
+    pub fn new(session: OnuSession, source: P, pool: Box<dyn KeyPool>) -> Self {
+        Self {
+            session,
+            source,
+            pool,
+            stats: OnuDriverStats::default(),
+            open: BTreeMap::new(),
+            outbox: VecDeque::new(),
+        }
+    }
+
+    /// The statistics.
+    pub fn stats(&self) -> &OnuDriverStats {
+        &self.stats
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &dyn KeyPool {
+        self.pool.as_ref()
+    }
+
+    /// The source (e.g. to configure its schedule).
+    pub fn source_mut(&mut self) -> &mut P {
+        &mut self.source
+    }
+
+    /// A frame from the OLT.
+    pub fn handle_frame(&mut self, now: Instant, bytes: &[u8]) -> Result<(), SessionError> {
+        let r = self.session.handle_frame(now, bytes);
+        if r.is_err() {
+            self.stats.refused += 1;
+        }
+        self.process(now);
+        r
+    }
+
+    /// A new connection to the OLT.
+    pub fn reset_link(&mut self, now: Instant) {
+        self.session.reset_link();
+        self.open.clear();
+        self.process(now);
+    }
+
+    /// Collects answers the source has finished (a board answers after a round trip).
+    pub fn poll_source(&mut self, now: Instant) {
+        self.process(now);
+    }
+
+    /// The next frame to send to the OLT.
+    #[must_use]
+    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        self.outbox.pop_front()
+    }
+
+    fn process(&mut self, now: Instant) {
+        loop {
+            let mut progress = false;
+            while let Some(e) = self.session.poll_event() {
+                progress = true;
+                match e {
+                    Event::NeedPulses { request, pulses } => {
+                        let none: Vec<usize> =
+                            pulses.iter().enumerate().filter(|(_, p)| p.is_none()).map(|(i, _)| i).collect();
+                        let ask: Vec<u64> = pulses.iter().flatten().copied().collect();
+                        match self.source.request_pulses(request, &ask) {
+                            Ok(()) => {
+                                self.open.insert(request, (none, pulses.len()));
+                            }
+                            Err(_) => {
+                                // The source cannot answer: every detection of the batch is
+                                // discarded (answered as "no record"), never guessed.
+                                self.stats.source_errors += 1;
+                                let empty = vec![None; pulses.len()];
+                                let _ = self.session.handle_pulses(now, request, &empty);
+                            }
+                        }
+                    }
+                    Event::Block(b, _) => match self.pool.append(b.id, &b.key) {
+                        Ok(()) => {
+                            self.stats.blocks += 1;
+                            self.stats.secret_bits += b.key.len() as u64;
+                        }
+                        Err(_) => *self.stats.aborted.entry("PoolStore".into()).or_default() += 1,
+                    },
+                    Event::Discarded { .. } => self.stats.discarded += 1,
+                    Event::Aborted { reason, .. } | Event::Stopped(reason) => {
+                        *self.stats.aborted.entry(format!("{reason:?}")).or_default() += 1;
+                    }
+                    _ => {}
+                }
+            }
+            while let Some(a) = self.source.poll_pulses() {
+                progress = true;
+                let Some((none, total)) = self.open.remove(&a.id) else { continue };
+                let mut recs = Vec::with_capacity(total);
+                let mut it = a.records.into_iter();
+                let mut ni = none.iter().peekable();
+                for i in 0..total {
+                    if ni.peek() == Some(&&i) {
+                        ni.next();
+                        recs.push(None);
+                    } else {
+                        recs.push(it.next().flatten());
+                    }
+                }
+                let _ = self.session.handle_pulses(now, a.id, &recs);
+            }
+            while let Some(f) = self.session.poll_transmit() {
+                self.outbox.push_back(f);
+            }
+            if !progress {
+                break;
+            }
+        }
+    }
+}

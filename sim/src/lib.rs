@@ -21,5 +21,6 @@ pub mod link;
 pub mod model;
 pub mod planning;
 pub mod plot;
+pub mod pon;
 pub mod sampler;
 pub mod scenario;

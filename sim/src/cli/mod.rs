@@ -10,6 +10,7 @@ use std::process::ExitCode;
 pub mod bench;
 pub mod finite_key;
 pub mod io;
+pub mod pon;
 pub mod rate;
 pub mod sweep;
 
@@ -25,6 +26,8 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Emulate a whole PON: the OLT and ONU drivers on simulated hardware (the main job).
+    Pon(pon::Args),
     /// Evaluate the decoy-state finite-key bound (Lim et al. 2014) on counts from a JSON file.
     FiniteKey(finite_key::Args),
     /// Measure single-thread throughput of each distillation stage.
@@ -64,6 +67,7 @@ impl CliError {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Pon(a) => pon::run_cli(a),
         Command::FiniteKey(a) => finite_key::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Rate(a) => rate::run(a),

@@ -1,0 +1,222 @@
+//! The OLT driver: one receiver, one session per ONU, a bounded worker pool.
+//!
+//! Call pattern (sans-IO, the same in the emulation and the binary):
+//! 1. [`OltDriver::handle_detections`] with each batch the receiver delivered: records are
+//!    attributed to ONUs by the slot map in force at their gate (a gate no ONU owns — a
+//!    guard — is dropped: no ONU's key may depend on it).
+//! 2. [`OltDriver::handle_frames`] with every frame that arrived from the ONUs, and
+//!    [`OltDriver::handle_timeout`] at [`OltDriver::poll_timeout`]. Both spread the work of
+//!    different ONUs over up to `workers` threads and join them before returning, so the
+//!    result does not depend on thread timing.
+//! 3. Drain [`OltDriver::poll_transmit`] and send each frame to its ONU.
+//!
+//! Finished blocks go into the ONU's pool; [`OltDriver::stats`] has the per-ONU figures.
+
+use crate::stats::OnuStats;
+use qpon_hw::DetectionRecord;
+use qpon_kms::KeyPool;
+use qpon_mux::{OnuId, SlotMapSchedule};
+use qpon_qkd::session::{Event, OltSession};
+use qpon_qkd::time::Instant;
+use rand::CryptoRng;
+use std::collections::{BTreeMap, VecDeque};
+
+/// One ONU as the OLT driver holds it.
+pub struct OnuLink<R: CryptoRng> {
+    /// Its distillation session.
+    pub session: OltSession<R>,
+    /// Its key pool at the OLT.
+    pub pool: Box<dyn KeyPool>,
+    /// Its statistics.
+    pub stats: OnuStats,
+    batch: Vec<DetectionRecord>,
+    inbox: Vec<Vec<u8>>,
+    refused: u64,
+}
+
+impl<R: CryptoRng> OnuLink<R> {
+    /// Wraps a session and its pool.
+    pub fn new(session: OltSession<R>, pool: Box<dyn KeyPool>) -> Self {
+        Self { session, pool, stats: OnuStats::default(), batch: Vec::new(), inbox: Vec::new(), refused: 0 }
+    }
+
+    /// Frames refused so far (malformed, replayed, bad tags…).
+    pub fn refused(&self) -> u64 {
+        self.refused
+    }
+
+    /// Runs everything queued for this ONU: detections, frames, timers; then collects
+    /// events into the pool and the statistics.
+    fn run(&mut self, now: Instant) {
+        if !self.batch.is_empty() {
+            self.session.handle_detections(now, &self.batch);
+            self.batch.clear();
+        }
+        for f in std::mem::take(&mut self.inbox) {
+            if self.session.handle_frame(now, &f).is_err() {
+                self.refused += 1;
+            }
+        }
+        if self.session.poll_timeout().is_some_and(|t| t <= now) {
+            self.session.handle_timeout(now);
+        }
+        while let Some(e) = self.session.poll_event() {
+            match e {
+                Event::Block(b, s) => {
+                    // A pool that refuses the block (store failure) loses nothing silently:
+                    // the block is counted as aborted with the store's reason.
+                    match self.pool.append(b.id, &b.key) {
+                        Ok(()) => self.stats.on_block(b.key.len() as u64, &s),
+                        Err(_) => *self.stats.aborted.entry("PoolStore".into()).or_default() += 1,
+                    }
+                }
+                Event::Aborted { reason, .. } => self.stats.on_abort(&reason),
+                Event::Stopped(reason) => self.stats.on_abort(&reason),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// The OLT driver. Generic over the RNG of the sessions' public random choices (the OS
+/// RNG in the binary, seeded ChaCha in the emulation).
+pub struct OltDriver<R: CryptoRng> {
+    onus: BTreeMap<u16, OnuLink<R>>,
+    slots: SlotMapSchedule,
+    workers: usize,
+    outbox: VecDeque<(u16, Vec<u8>)>,
+    unattributed: u64,
+}
+
+impl<R: CryptoRng + Send> OltDriver<R> {
+    /// A driver with the slot maps in `slots`, running ONU work on up to `workers` threads
+    /// (1 = inline).
+    pub fn new(slots: SlotMapSchedule, workers: usize) -> Self {
+        Self {
+            onus: BTreeMap::new(),
+            slots,
+            workers: workers.max(1),
+            outbox: VecDeque::new(),
+            unattributed: 0,
+        }
+    }
+
+    /// Adds (or replaces) an ONU.
+    pub fn add_onu(&mut self, onu: u16, link: OnuLink<R>) {
+        self.onus.insert(onu, link);
+    }
+
+    /// Removes an ONU; its slots should be given away by the next slot map.
+    pub fn remove_onu(&mut self, onu: u16) -> Option<OnuLink<R>> {
+        self.onus.remove(&onu)
+    }
+
+    /// The slot-map history (to install a new map).
+    pub fn slots_mut(&mut self) -> &mut SlotMapSchedule {
+        &mut self.slots
+    }
+
+    /// The ONUs.
+    pub fn onus(&self) -> impl Iterator<Item = (&u16, &OnuLink<R>)> {
+        self.onus.iter()
+    }
+
+    /// One ONU.
+    pub fn onu(&self, onu: u16) -> Option<&OnuLink<R>> {
+        self.onus.get(&onu)
+    }
+
+    /// Detections in guard or idle gates, or of ONUs not (or no longer) served.
+    pub fn unattributed(&self) -> u64 {
+        self.unattributed
+    }
+
+    /// Attributes detections to ONUs by slot map and hands them to the sessions.
+    pub fn handle_detections(&mut self, now: Instant, records: &[DetectionRecord]) {
+        for r in records {
+            match self.slots.owner_of(r.gate).and_then(|OnuId(o)| self.onus.get_mut(&o)) {
+                Some(link) => {
+                    link.stats.detections += 1;
+                    if r.flags.double_click() {
+                        link.stats.double_clicks += 1;
+                    }
+                    link.batch.push(*r);
+                }
+                None => self.unattributed += 1,
+            }
+        }
+        self.run_all(now);
+    }
+
+    /// Frames from ONUs (`(onu, bytes)`), processed per ONU in arrival order.
+    pub fn handle_frames(&mut self, now: Instant, frames: Vec<(u16, Vec<u8>)>) {
+        for (onu, f) in frames {
+            if let Some(link) = self.onus.get_mut(&onu) {
+                link.inbox.push(f);
+            }
+        }
+        self.run_all(now);
+    }
+
+    /// Timers.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.run_all(now);
+    }
+
+    /// The earliest session timer.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.onus.values().filter_map(|l| l.session.poll_timeout()).min()
+    }
+
+    /// The next frame to send, with the ONU it goes to.
+    #[must_use]
+    pub fn poll_transmit(&mut self) -> Option<(u16, Vec<u8>)> {
+        self.outbox.pop_front()
+    }
+
+    /// Runs every ONU with pending work, spread over the workers, then collects their
+    /// frames in ONU order (deterministic whatever the threads did).
+    fn run_all(&mut self, now: Instant) {
+        let busy: Vec<&mut OnuLink<R>> = self
+            .onus
+            .values_mut()
+            .filter(|l| {
+                !l.batch.is_empty()
+                    || !l.inbox.is_empty()
+                    || l.session.poll_timeout().is_some_and(|t| t <= now)
+            })
+            .collect();
+        let heavy = busy.len() > 1 && self.workers > 1;
+        if heavy {
+            let per = busy.len().div_ceil(self.workers);
+            let mut chunks: Vec<Vec<&mut OnuLink<R>>> = Vec::new();
+            let mut it = busy.into_iter();
+            loop {
+                let c: Vec<_> = it.by_ref().take(per).collect();
+                if c.is_empty() {
+                    break;
+                }
+                chunks.push(c);
+            }
+            std::thread::scope(|s| {
+                for chunk in chunks {
+                    s.spawn(move || {
+                        for l in chunk {
+                            l.run(now);
+                        }
+                    });
+                }
+            });
+        } else {
+            for l in busy {
+                l.run(now);
+            }
+        }
+        for (&onu, l) in self.onus.iter_mut() {
+            while let Some(f) = l.session.poll_transmit() {
+                self.outbox.push_back((onu, f));
+            }
+        }
+    }
+}

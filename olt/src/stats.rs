@@ -1,0 +1,52 @@
+//! Per-ONU statistics kept by the OLT driver.
+
+use qpon_qkd::session::{AbortReason, BlockStats};
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// What the OLT knows about one ONU's key generation.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct OnuStats {
+    /// Detections attributed to the ONU by the slot map.
+    pub detections: u64,
+    /// Detections flagged as double clicks.
+    pub double_clicks: u64,
+    /// Finished blocks.
+    pub blocks: u64,
+    /// Secret bits appended to the pool.
+    pub secret_bits: u64,
+    /// Sifted key bits in finished blocks.
+    pub sifted_bits: u64,
+    /// Test-basis errors and detections summed over finished and aborted blocks that got
+    /// as far as estimation (for the QBER).
+    pub test_errors: f64,
+    /// See `test_errors`.
+    pub test_detections: f64,
+    /// Key-basis errors corrected by reconciliation, summed over finished blocks.
+    pub key_errors: u64,
+    /// Aborted blocks by reason.
+    pub aborted: BTreeMap<String, u64>,
+    /// The last finished block's statistics.
+    pub last_block: Option<BlockStats>,
+}
+
+impl OnuStats {
+    /// Records a finished block.
+    pub fn on_block(&mut self, key_bits: u64, s: &BlockStats) {
+        self.blocks += 1;
+        self.secret_bits += key_bits;
+        self.sifted_bits += s.key_bits;
+        self.key_errors += (s.key_qber * s.key_bits as f64).round() as u64;
+        self.last_block = Some(s.clone());
+    }
+
+    /// Records an aborted block.
+    pub fn on_abort(&mut self, reason: &AbortReason) {
+        *self.aborted.entry(format!("{reason:?}")).or_default() += 1;
+    }
+
+    /// Key-basis QBER over finished blocks (errors corrected / sifted bits).
+    pub fn qber(&self) -> f64 {
+        if self.sifted_bits > 0 { self.key_errors as f64 / self.sifted_bits as f64 } else { 0.0 }
+    }
+}
