@@ -58,7 +58,10 @@ impl Default for PonOptions {
             drop_chance: 0.0,
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
             tick_s: 0.01,
-            session: SessionConfig::default(),
+            // Frames travel as datagrams here (no TCP underneath), so the sessions' own
+            // retransmission timer must be short against the block time; the round trip
+            // is ~0.1 ms.
+            session: SessionConfig { rto: Duration::from_millis(5), ..SessionConfig::default() },
         }
     }
 }
