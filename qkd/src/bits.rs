@@ -180,7 +180,7 @@ impl BitBlock {
 
     /// Appends one bit.
     pub fn push(&mut self, v: bool) {
-        if self.len % 64 == 0 {
+        if self.len.is_multiple_of(64) {
             self.words.push(0);
         }
         if v {

@@ -229,7 +229,7 @@ pub fn apply_answer(detections: &[DetectionRecord], ans: &SiftAnswer) -> Result<
         ));
     }
     // Padding codes beyond the last detection must be zero: a strict parser leaves no slack.
-    if detections.len() % 4 != 0 && ans.codes.last().is_some_and(|&b| b >> (2 * (detections.len() % 4)) != 0) {
+    if !detections.len().is_multiple_of(4) && ans.codes.last().is_some_and(|&b| b >> (2 * (detections.len() % 4)) != 0) {
         return Err(InvalidInput::new("answer.codes", "non-zero padding after the last code"));
     }
     let mut out = ReceiverSifted::default();

@@ -363,14 +363,13 @@ impl Link {
         if repr.onu != self.onu || repr.direction != self.dir.reverse() {
             return Err(LinkError::WrongEndpoint { onu: repr.onu, dir: repr.direction, expected: self.onu });
         }
-        if let Some((last, last_bytes)) = &self.last_recv {
-            if repr.seq <= *last {
+        if let Some((last, last_bytes)) = &self.last_recv
+            && repr.seq <= *last {
                 if repr.seq == *last && last_bytes.as_slice() == bytes {
                     return Ok(Received::Duplicate);
                 }
                 return Err(LinkError::Replay { got: repr.seq, last: *last });
             }
-        }
         let msg = Message::decode(repr.kind, repr.direction, frame.body())?;
         if msg.block() < self.block {
             return Err(LinkError::StaleBlock { got: msg.block(), current: self.block });

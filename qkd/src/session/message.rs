@@ -267,7 +267,7 @@ impl Message {
     pub fn decode(kind: u8, dir: Direction, body: &[u8]) -> Result<Message, DecodeError> {
         fn dec<'a, T: Deserialize<'a>>(body: &'a [u8], name: &'static str) -> Result<T, DecodeError> {
             match postcard::take_from_bytes::<T>(body) {
-                Ok((v, rest)) if rest.is_empty() => Ok(v),
+                Ok((v, [])) => Ok(v),
                 _ => Err(DecodeError::Malformed(name)),
             }
         }

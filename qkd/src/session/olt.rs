@@ -183,8 +183,8 @@ impl<R: CryptoRng> OltSession<R> {
         if self.is_stopped() {
             return;
         }
-        if let Some(f) = self.in_flight.as_mut() {
-            if now >= f.deadline {
+        if let Some(f) = self.in_flight.as_mut()
+            && now >= f.deadline {
                 if f.retries >= self.cfg.max_retries {
                     self.in_flight = None;
                     self.abort_block(now, AbortReason::Timeout, false, true);
@@ -194,7 +194,6 @@ impl<R: CryptoRng> OltSession<R> {
                     self.outbox.push_back(f.bytes.clone());
                 }
             }
-        }
         if self.sift_deadline.is_some_and(|d| now >= d) {
             self.try_announce(now);
         }

@@ -207,30 +207,27 @@ impl Pair {
     /// when nothing is left to do.
     pub fn step(&mut self) -> bool {
         self.pump_outputs();
-        if let Some((at, _)) = self.to_onu.front() {
-            if *at <= self.now {
+        if let Some((at, _)) = self.to_onu.front()
+            && *at <= self.now {
                 let (_, f) = self.to_onu.pop_front().unwrap();
                 if let Err(e) = self.onu.handle_frame(self.now, &f) {
                     self.onu_refused.push(e.to_string());
                 }
                 return true;
             }
-        }
-        if let Some((at, _)) = self.to_olt.front() {
-            if *at <= self.now {
+        if let Some((at, _)) = self.to_olt.front()
+            && *at <= self.now {
                 let (_, f) = self.to_olt.pop_front().unwrap();
                 if let Err(e) = self.olt.handle_frame(self.now, &f) {
                     self.olt_refused.push(e.to_string());
                 }
                 return true;
             }
-        }
-        if let Some(t) = self.olt.poll_timeout() {
-            if t <= self.now {
+        if let Some(t) = self.olt.poll_timeout()
+            && t <= self.now {
                 self.olt.handle_timeout(self.now);
                 return true;
             }
-        }
         let next = [self.to_onu.front().map(|x| x.0), self.to_olt.front().map(|x| x.0), self.olt.poll_timeout()]
             .into_iter()
             .flatten()
