@@ -78,6 +78,33 @@ impl<R: CryptoRng> OnuLink<R> {
     }
 }
 
+/// Runs `f` on every item, spreading the items over up to `workers` scoped threads in
+/// contiguous chunks and joining them before returning (inline for one worker or one
+/// item). Callers make the result independent of thread timing by giving each item its
+/// own state.
+pub fn run_parallel<T: Send>(items: Vec<T>, workers: usize, f: impl Fn(T) + Sync) {
+    if items.len() <= 1 || workers <= 1 {
+        items.into_iter().for_each(f);
+        return;
+    }
+    let per = items.len().div_ceil(workers);
+    let mut chunks: Vec<Vec<T>> = Vec::with_capacity(workers);
+    let mut it = items.into_iter();
+    loop {
+        let c: Vec<T> = it.by_ref().take(per).collect();
+        if c.is_empty() {
+            break;
+        }
+        chunks.push(c);
+    }
+    let f = &f;
+    std::thread::scope(|s| {
+        for chunk in chunks {
+            s.spawn(move || chunk.into_iter().for_each(f));
+        }
+    });
+}
+
 /// The OLT driver. Generic over the RNG of the sessions' public random choices (the OS
 /// RNG in the binary, seeded ChaCha in the emulation).
 pub struct OltDriver<R: CryptoRng> {
@@ -187,32 +214,7 @@ impl<R: CryptoRng + Send> OltDriver<R> {
                     || l.session.poll_timeout().is_some_and(|t| t <= now)
             })
             .collect();
-        let heavy = busy.len() > 1 && self.workers > 1;
-        if heavy {
-            let per = busy.len().div_ceil(self.workers);
-            let mut chunks: Vec<Vec<&mut OnuLink<R>>> = Vec::new();
-            let mut it = busy.into_iter();
-            loop {
-                let c: Vec<_> = it.by_ref().take(per).collect();
-                if c.is_empty() {
-                    break;
-                }
-                chunks.push(c);
-            }
-            std::thread::scope(|s| {
-                for chunk in chunks {
-                    s.spawn(move || {
-                        for l in chunk {
-                            l.run(now);
-                        }
-                    });
-                }
-            });
-        } else {
-            for l in busy {
-                l.run(now);
-            }
-        }
+        run_parallel(busy, self.workers, |l| l.run(now));
         for (&onu, l) in self.onus.iter_mut() {
             while let Some(f) = l.session.poll_transmit() {
                 self.outbox.push_back((onu, f));

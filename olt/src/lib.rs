@@ -17,5 +17,5 @@ pub mod driver;
 pub mod stats;
 
 // The public interface is:
-pub use driver::{OltDriver, OnuLink};
+pub use driver::{OltDriver, OnuLink, run_parallel};
 pub use stats::OnuStats;

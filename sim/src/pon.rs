@@ -287,36 +287,11 @@ pub fn run(pon: &Pon, opts: &PonOptions, mut progress: impl FnMut(f64)) -> PonRe
 fn deliver_down(onus: &mut [OnuDriver<SimSource>], frames: Vec<Vec<Vec<u8>>>, now: Instant, workers: usize) {
     let busy: Vec<(&mut OnuDriver<SimSource>, Vec<Vec<u8>>)> =
         onus.iter_mut().zip(frames).filter(|(_, f)| !f.is_empty()).collect();
-    let run = |d: &mut OnuDriver<SimSource>, fs: Vec<Vec<u8>>| {
+    qpon_olt::run_parallel(busy, workers, |(d, fs)| {
         for f in fs {
             let _ = d.handle_frame(now, &f);
         }
-    };
-    if busy.len() > 1 && workers > 1 {
-        let per = busy.len().div_ceil(workers);
-        let mut chunks: Vec<Vec<(&mut OnuDriver<SimSource>, Vec<Vec<u8>>)>> = Vec::new();
-        let mut it = busy.into_iter();
-        loop {
-            let c: Vec<_> = it.by_ref().take(per).collect();
-            if c.is_empty() {
-                break;
-            }
-            chunks.push(c);
-        }
-        std::thread::scope(|s| {
-            for chunk in chunks {
-                s.spawn(move || {
-                    for (d, fs) in chunk {
-                        run(d, fs);
-                    }
-                });
-            }
-        });
-    } else {
-        for (d, fs) in busy {
-            run(d, fs);
-        }
-    }
+    });
 }
 
 #[allow(clippy::too_many_arguments)]
