@@ -43,8 +43,9 @@ pub struct OnuDriver<P: PulseSource> {
     pool: Box<dyn KeyPool>,
     stats: OnuDriverStats,
     /// Open look-ups: source request id → positions of `None` (gates before the source's
-    /// first pulse) to re-insert into the answer.
-    open: BTreeMap<u64, (Vec<usize>, usize)>,
+    /// first pulse) to re-insert into the answer, the answer's length, and the highest
+    /// pulse asked.
+    open: BTreeMap<u64, (Vec<usize>, usize, Option<u64>)>,
     outbox: VecDeque<Vec<u8>>,
 }
 
@@ -116,7 +117,7 @@ impl<P: PulseSource> OnuDriver<P> {
                         let ask: Vec<u64> = pulses.iter().flatten().copied().collect();
                         match self.source.request_pulses(request, &ask) {
                             Ok(()) => {
-                                self.open.insert(request, (none, pulses.len()));
+                                self.open.insert(request, (none, pulses.len(), ask.iter().max().copied()));
                             }
                             Err(_) => {
                                 // The source cannot answer: every detection of the batch is
@@ -143,7 +144,7 @@ impl<P: PulseSource> OnuDriver<P> {
             }
             while let Some(a) = self.source.poll_pulses() {
                 progress = true;
-                let Some((none, total)) = self.open.remove(&a.id) else { continue };
+                let Some((none, total, max_pulse)) = self.open.remove(&a.id) else { continue };
                 let mut recs = Vec::with_capacity(total);
                 let mut it = a.records.into_iter();
                 let mut ni = none.iter().peekable();
@@ -156,6 +157,12 @@ impl<P: PulseSource> OnuDriver<P> {
                     }
                 }
                 let _ = self.session.handle_pulses(now, a.id, &recs);
+                // Announced gates only grow and an answered batch is never looked up
+                // again (a retransmitted announcement gets the cached answer), so the
+                // source may forget every pulse up to this batch's last.
+                if let Some(p) = max_pulse {
+                    self.source.release_before(p + 1);
+                }
             }
             while let Some(f) = self.session.poll_transmit() {
                 self.outbox.push_back(f);
