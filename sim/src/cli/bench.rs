@@ -46,6 +46,8 @@ pub enum Stage {
     Reconciliation,
     /// One link end to end through both sessions: sifted bits in → secret bits out.
     Distillation,
+    /// The event sampler: detection events per second for a 128-ONU SNSPD PON at 1 GHz.
+    Sampler,
 }
 
 impl Stage {
@@ -58,6 +60,7 @@ impl Stage {
         Stage::WcMac,
         Stage::Reconciliation,
         Stage::Distillation,
+        Stage::Sampler,
     ];
 
     /// The JSON key of the stage.
@@ -70,6 +73,7 @@ impl Stage {
             Stage::WcMac => "wc_mac",
             Stage::Reconciliation => "reconciliation",
             Stage::Distillation => "distillation",
+            Stage::Sampler => "sampler",
         }
     }
 }
@@ -278,6 +282,21 @@ fn distillation(reps: usize) -> Vec<Value> {
     out
 }
 
+fn sampler(reps: usize) -> Vec<Value> {
+    use crate::sampler::bench::events_per_second;
+    let mut runs: Vec<_> = (0..reps.clamp(1, 5)).map(|_| events_per_second(128, 10.0)).collect();
+    runs.sort_by(|a, b| a.events_per_s.total_cmp(&b.events_per_s));
+    let m = &runs[runs.len() / 2];
+    vec![json!({
+        "onus": m.onus,
+        "detector": m.detector,
+        "gate_rate_hz": m.gate_rate_hz,
+        "virtual_s": m.virtual_s,
+        "detections": m.detections,
+        "events_per_s": m.events_per_s,
+    })]
+}
+
 /// Runs one stage and returns its records.
 pub fn run_stage(stage: Stage, args: &Args) -> Vec<Value> {
     let reps = args.reps;
@@ -289,6 +308,7 @@ pub fn run_stage(stage: Stage, args: &Args) -> Vec<Value> {
         Stage::WcMac => wc_mac(reps),
         Stage::Reconciliation => reconciliation(args.frames),
         Stage::Distillation => distillation(reps),
+        Stage::Sampler => sampler(reps),
     }
 }
 
