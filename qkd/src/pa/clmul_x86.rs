@@ -1,4 +1,4 @@
-//! The carry-less multiply instructions — the crate's only `unsafe` code.
+//! The carry-less multiply instructions: the only `unsafe` code of privacy amplification.
 //!
 //! The base case of the middle-product recursion (see [`super::gf2x`]) with `pclmulqdq`
 //! (one 64×64-bit product per instruction, 128-bit registers) or, where the CPU also has
@@ -10,7 +10,7 @@
 //! Soundness rests on one invariant: a [`ClmulToken`] exists only after
 //! `is_x86_feature_detected!` confirmed `pclmulqdq`, and its `wide` flag is set only after it
 //! confirmed `vpclmulqdq` and `avx2` too ([`ClmulToken::detect`] is the only constructor; the
-//! test-only [`ClmulToken::narrow`] can only clear the flag). The safe wrappers take a token
+//! test-only `ClmulToken::narrow` can only clear the flag). The safe wrappers take a token
 //! and call the matching function. Inside, only intrinsics without pointers and
 //! bounds-checked slice indexing are used: no raw pointers, no unchecked access.
 //!
@@ -18,9 +18,10 @@
 //! every size through both widths, and whole hashes through every path).
 
 use core::arch::x86_64::{
-    __m128i, __m256i, _mm_clmulepi64_si128, _mm_cvtsi64_si128, _mm_cvtsi128_si64, _mm_set_epi64x,
-    _mm_setzero_si128, _mm_srli_si128, _mm_xor_si128, _mm256_castsi256_si128, _mm256_clmulepi64_epi128,
-    _mm256_extracti128_si256, _mm256_set_epi64x, _mm256_setzero_si256, _mm256_xor_si256,
+    __m128i, _mm_clmulepi64_si128, _mm_cvtsi64_si128, _mm_cvtsi128_si64, _mm_set_epi64x, _mm_setzero_si128,
+    _mm_srli_si128, _mm_unpackhi_epi64, _mm_unpacklo_epi64, _mm_xor_si128, _mm256_castsi256_si128,
+    _mm256_clmulepi64_epi128, _mm256_extracti128_si256, _mm256_set_epi64x, _mm256_setzero_si256,
+    _mm256_xor_si256,
 };
 
 /// Proof that the running CPU has `pclmulqdq` (and, if `wide`, `vpclmulqdq` and AVX2); only
@@ -95,7 +96,6 @@ pub(crate) const FIXED: [usize; 8] = [4, 8, 12, 16, 20, 24, 28, 32];
 #[cfg(test)]
 #[target_feature(enable = "pclmulqdq")]
 fn clmul_impl(x: u64, y: u64) -> u128 {
-    use core::arch::x86_64::_mm_unpackhi_epi64;
     let p = _mm_clmulepi64_si128::<0x00>(_mm_cvtsi64_si128(x as i64), _mm_cvtsi64_si128(y as i64));
     let lo = _mm_cvtsi128_si64(p) as u64;
     let hi = _mm_cvtsi128_si64(_mm_unpackhi_epi64(p, p)) as u64;
@@ -124,7 +124,8 @@ fn mp_base_impl(a: &[u64], b: &[u64], out: &mut [u64]) {
             acc1 = _mm_xor_si128(acc1, _mm_clmulepi64_si128::<0x11>(ap, bp));
         }
         if let [x] = rem {
-            let p = _mm_clmulepi64_si128::<0x00>(_mm_cvtsi64_si128(*x as i64), _mm_cvtsi64_si128(b[0] as i64));
+            let p =
+                _mm_clmulepi64_si128::<0x00>(_mm_cvtsi64_si128(*x as i64), _mm_cvtsi64_si128(b[0] as i64));
             acc0 = _mm_xor_si128(acc0, p);
         }
         _mm_xor_si128(acc0, acc1)
@@ -166,7 +167,8 @@ fn mp_fixed_xmm<const B: usize>(a: &[u64], b: &[u64], out: &mut [u64]) {
 }
 
 /// [`mp_fixed_xmm`] with 256-bit registers: four words of the window and of reversed `b`
-/// per register, two products per instruction (`B` a multiple of 4, at most 32).
+/// per register, two products per instruction (`B` a multiple of 4, at most 32). Output
+/// word `w` is `lo(D[w+1]) ⊕ hi(D[w])`, diagonals numbered from `B − 1`.
 #[target_feature(enable = "pclmulqdq,vpclmulqdq,avx2")]
 fn mp_fixed_ymm<const B: usize>(a: &[u64], b: &[u64], out: &mut [u64]) {
     let (a, b, out) = (&a[..2 * B], &b[..B], &mut out[..B]);
@@ -176,22 +178,40 @@ fn mp_fixed_ymm<const B: usize>(a: &[u64], b: &[u64], out: &mut [u64]) {
         let r = &b[B - 4 - 4 * t..B - 4 * t];
         *q = _mm256_set_epi64x(r[0] as i64, r[1] as i64, r[2] as i64, r[3] as i64);
     }
-    let mut prev = _mm_setzero_si128();
-    for w in 0..=B {
-        let (mut acc0, mut acc1) = (_mm256_setzero_si256(), _mm256_setzero_si256());
-        for (t, &q) in bq[..B / 4].iter().enumerate() {
-            let c = &a[w + 4 * t..w + 4 * t + 4];
-            let p = _mm256_set_epi64x(c[3] as i64, c[2] as i64, c[1] as i64, c[0] as i64);
-            // Per 128-bit half: 0x00 multiplies the low words, 0x11 the high words.
-            acc0 = _mm256_xor_si256(acc0, _mm256_clmulepi64_epi128::<0x00>(p, q));
-            acc1 = _mm256_xor_si256(acc1, _mm256_clmulepi64_epi128::<0x11>(p, q));
+    // D[B−1+w] (a macro, not a closure: a closure is not always inlined for the larger B).
+    macro_rules! diag {
+        ($w:expr) => {{
+            let w: usize = $w;
+            let (mut acc0, mut acc1) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+            for (t, &q) in bq[..B / 4].iter().enumerate() {
+                let c = &a[w + 4 * t..w + 4 * t + 4];
+                let p = _mm256_set_epi64x(c[3] as i64, c[2] as i64, c[1] as i64, c[0] as i64);
+                // Per 128-bit half: 0x00 multiplies the low words, 0x11 the high words.
+                acc0 = _mm256_xor_si256(acc0, _mm256_clmulepi64_epi128::<0x00>(p, q));
+                acc1 = _mm256_xor_si256(acc1, _mm256_clmulepi64_epi128::<0x11>(p, q));
+            }
+            let acc = _mm256_xor_si256(acc0, acc1);
+            _mm_xor_si128(_mm256_castsi256_si128(acc), _mm256_extracti128_si256::<1>(acc))
+        }};
+    }
+    let mut prev = diag!(0);
+    if B <= 20 {
+        // Two diagonals per step (shared fold, more independent work): out[w−1] and out[w]
+        // from D[w−1] (prev), D[w] and D[w+1] (diagonals numbered from B−1).
+        for w in (1..=B).step_by(2) {
+            let (c0, c1) = (diag!(w), diag!(w + 1));
+            let both = _mm_xor_si128(_mm_unpacklo_epi64(c0, c1), _mm_unpackhi_epi64(prev, c0));
+            let o = &mut out[w - 1..w + 1];
+            o[0] ^= _mm_cvtsi128_si64(both) as u64;
+            o[1] ^= _mm_cvtsi128_si64(_mm_unpackhi_epi64(both, both)) as u64;
+            prev = c1;
         }
-        let acc = _mm256_xor_si256(acc0, acc1);
-        let cur = _mm_xor_si128(_mm256_castsi256_si128(acc), _mm256_extracti128_si256::<1>(acc));
-        if w > 0 {
-            let word = _mm_xor_si128(cur, _mm_srli_si128::<8>(prev));
-            out[w - 1] ^= _mm_cvtsi128_si64(word) as u64;
+    } else {
+        // Larger kernels run out of registers with two diagonals in flight.
+        for (w, o) in out.iter_mut().enumerate() {
+            let cur = diag!(w + 1);
+            *o ^= _mm_cvtsi128_si64(_mm_xor_si128(cur, _mm_srli_si128::<8>(prev))) as u64;
+            prev = cur;
         }
-        prev = cur;
     }
 }

@@ -24,7 +24,7 @@
 //!
 //! (three half-size middle products instead of four). The recursion stops at a base case of
 //! `B` words computed directly from 64×64-bit carry-less products: `pclmulqdq` on x86_64
-//! when the CPU has it ([`super::clmul_x86`]), else the portable [`clmul_portable`].
+//! when the CPU has it ([`super::clmul_x86`]), else the portable bit-sliced [`classes_mul_acc`].
 //!
 //! Nothing branches on or indexes by data, only on lengths: with `pclmulqdq` (or a
 //! constant-time integer multiplier for the portable path) the running time does not
@@ -35,13 +35,13 @@ use zeroize::Zeroize;
 #[cfg(target_arch = "x86_64")]
 use super::clmul_x86;
 
-/// The largest base-case size (in words) any backend uses.
+/// The largest base case (in words) the planner considers; larger ones still work, slowly.
 pub(crate) const MAX_BASE: usize = 64;
 
 /// Which 64×64-bit carry-less multiplier the base case of the recursion uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Backend {
-    /// Bit-sliced integer multiplication ([`clmul_portable`]); runs everywhere.
+    /// Bit-sliced integer multiplication ([`classes_mul_acc`]); runs everywhere.
     Portable,
     /// `pclmulqdq`; the token proves the CPU supports it.
     #[cfg(target_arch = "x86_64")]
@@ -66,7 +66,7 @@ impl Backend {
         match self {
             Backend::Portable => 26.0 * b * (b + 1.0) + 2.0 * b + 8.0,
             #[cfg(target_arch = "x86_64")]
-            Backend::Clmul(t) if t.is_wide() => 0.5 * b * (b + 1.0) + 2.0 * b + 8.0,
+            Backend::Clmul(t) if t.is_wide() => 0.5 * b * (b + 1.0) + 2.0 * b + 12.0,
             #[cfg(target_arch = "x86_64")]
             Backend::Clmul(_) => b * (b + 1.0) + 2.0 * b + 8.0,
         }
@@ -107,17 +107,8 @@ impl Backend {
     }
 }
 
-/// The 128-bit carry-less product of two words, without a carry-less multiply instruction.
-///
-/// Bit-sliced integer multiplication (the idea of BearSSL's `ghash_ctmul64`, with five bit
-/// classes instead of four so that the full 128-bit product comes out of one pass): `x` and
-/// `y` are split into the classes of bit positions ≡ 0…4 (mod 5). The integer product of two
-/// classes has, at each position of its class, the *count* of bit pairs meeting there — at
-/// most 13 (a class has ≤ 13 of the 64 positions) — which fits in the 5-bit gap before the next
-/// position of that class, so its low bit is exactly the GF(2) sum and the carries only
-/// touch positions of other classes, masked off afterwards. 25 integer multiplications and
-/// no table look-ups: constant time wherever the integer multiplier is.
-#[inline]
+/// The 128-bit carry-less product of two words by [`classes_mul_acc`] (tests only).
+#[cfg(test)]
 pub(crate) fn clmul_portable(x: u64, y: u64) -> u128 {
     let mut z = [0u128; 5];
     classes_mul_acc(&mut z, x, y);
@@ -137,17 +128,40 @@ const fn class_mask(c: u32) -> u128 {
 
 const CLASS: [u128; 5] = [class_mask(0), class_mask(1), class_mask(2), class_mask(3), class_mask(4)];
 
+/// Carry-less products of words without a carry-less multiply instruction.
+///
+/// Bit-sliced integer multiplication (the idea of BearSSL's `ghash_ctmul64`, with five bit
+/// classes instead of four so that the full 128-bit product comes out of one pass): `x` and
+/// `y` are split into the classes of bit positions ≡ 0…4 (mod 5). The integer product of two
+/// classes has, at each position of its class, the *count* of bit pairs meeting there — at
+/// most 13 (a class has ≤ 13 of the 64 positions) — which fits in the 5-bit gap before the next
+/// position of that class, so its low bit is exactly the GF(2) sum and the carries only
+/// touch positions of other classes, masked off afterwards. 25 integer multiplications and
+/// no table look-ups: constant time wherever the integer multiplier is.
+///
 /// `z[c] ^=` the unmasked integer products of the classes of `x` and `y` meeting in class `c`.
 /// Only the class-`c` bits of `z[c]` are meaningful, and they are exact GF(2) sums, so many
-/// products can be accumulated before one [`classes_fold`].
+/// products can be accumulated before one [`classes_fold`] gives their XOR.
 #[inline(always)]
 fn classes_mul_acc(z: &mut [u128; 5], x: u64, y: u64) {
     #[inline(always)]
     fn mul(a: u64, b: u64) -> u128 {
         (a as u128) * (b as u128)
     }
-    let xs = [x & CLASS[0] as u64, x & CLASS[1] as u64, x & CLASS[2] as u64, x & CLASS[3] as u64, x & CLASS[4] as u64];
-    let ys = [y & CLASS[0] as u64, y & CLASS[1] as u64, y & CLASS[2] as u64, y & CLASS[3] as u64, y & CLASS[4] as u64];
+    let xs = [
+        x & CLASS[0] as u64,
+        x & CLASS[1] as u64,
+        x & CLASS[2] as u64,
+        x & CLASS[3] as u64,
+        x & CLASS[4] as u64,
+    ];
+    let ys = [
+        y & CLASS[0] as u64,
+        y & CLASS[1] as u64,
+        y & CLASS[2] as u64,
+        y & CLASS[3] as u64,
+        y & CLASS[4] as u64,
+    ];
     for (c, zc) in z.iter_mut().enumerate() {
         // Pairs (i, j) with i + j ≡ c (mod 5).
         for (i, &xi) in xs.iter().enumerate() {
@@ -168,7 +182,7 @@ pub(crate) fn clmul_bitwise(x: u64, y: u64) -> u128 {
     (0..64).filter(|i| (y >> i) & 1 == 1).fold(0u128, |acc, i| acc ^ ((x as u128) << i))
 }
 
-/// Base case `out ^= MP(a, b)` with [`clmul_portable`].
+/// Base case `out ^= MP(a, b)` with the bit-sliced products of [`classes_mul_acc`].
 ///
 /// Output word `w` is `lo(D[B+w]) ⊕ hi(D[B+w−1])` with the diagonal sums
 /// `D[d] = XOR_j a[d−j]·b[j]` (128-bit products); with `b` reversed each diagonal is a
@@ -288,7 +302,13 @@ impl Plan {
 /// `y = T·x` for the Toeplitz matrix of the module docs, on words: `x` holds `n` bits
 /// (`ceil(n/64)` words, tail clear), `seed` holds `n + m − 1` bits; returns `ceil(m/64)`
 /// words with the tail clear. Requires `1 ≤ m ≤ n`.
-pub(crate) fn toeplitz_words(be: Backend, plan: Option<Plan>, x: &crate::BitBlock, seed: &crate::BitBlock, m: usize) -> Vec<u64> {
+pub(crate) fn toeplitz_words(
+    be: Backend,
+    plan: Option<Plan>,
+    x: &crate::BitBlock,
+    seed: &crate::BitBlock,
+    m: usize,
+) -> Vec<u64> {
     let n = x.len();
     debug_assert!(1 <= m && m <= n && seed.len() == n + m - 1);
     let (in_words, out_words) = (n.div_ceil(64), m.div_ceil(64));
@@ -328,13 +348,13 @@ pub(crate) fn toeplitz_words(be: Backend, plan: Option<Plan>, x: &crate::BitBloc
     scratch.zeroize();
     y[out_words..].zeroize();
     y.truncate(out_words);
-    if m % 64 != 0 {
+    if !m.is_multiple_of(64) {
         y[out_words - 1] &= (1u64 << (m % 64)) - 1;
     }
     y
 }
 
-/// Schoolbook full product (`a.len() + b.len()` words) with [`clmul_portable`] (tests only).
+/// Schoolbook full product (`a.len() + b.len()` words) with `clmul_portable` (tests only).
 #[cfg(test)]
 pub(crate) fn mul_schoolbook(a: &[u64], b: &[u64]) -> Vec<u64> {
     let mut out = vec![0u64; a.len() + b.len()];
@@ -408,6 +428,26 @@ mod tests {
 
     #[cfg(target_arch = "x86_64")]
     proptest! {
+        /// The unrolled kernels (128- and 256-bit) against the portable base case.
+        #[test]
+        fn fixed_kernels_match_portable(
+            k in proptest::sample::select(clmul_x86::FIXED.to_vec()),
+            seed in any::<u64>(),
+        ) {
+            use rand::SeedableRng;
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+            let a = crate::BitBlock::random(128 * k, &mut rng);
+            let b = crate::BitBlock::random(64 * k, &mut rng);
+            let init = crate::BitBlock::random(64 * k, &mut rng);
+            let mut want = init.words().to_vec();
+            mp_base_portable(a.words(), b.words(), &mut want);
+            for be in backends() {
+                let mut out = init.words().to_vec();
+                be.mp_base(a.words(), b.words(), &mut out);
+                prop_assert_eq!(&out, &want, "{:?}", be);
+            }
+        }
+
         #[test]
         fn pclmulqdq_matches_portable(x in any::<u64>(), y in any::<u64>()) {
             if let Some(t) = clmul_x86::ClmulToken::detect() {
@@ -420,7 +460,19 @@ mod tests {
     fn karatsuba_deep_recursion_matches_schoolbook() {
         use rand::SeedableRng;
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
-        for &(base, levels) in &[(1usize, 9u32), (3, 6), (16, 4), (31, 2)] {
+        for &(base, levels) in &[
+            (1usize, 9u32),
+            (3, 6),
+            (4, 6),
+            (8, 5),
+            (12, 3),
+            (16, 4),
+            (20, 2),
+            (24, 2),
+            (28, 1),
+            (31, 2),
+            (32, 2),
+        ] {
             let k = base << levels;
             let a = crate::BitBlock::random(128 * k, &mut rng);
             let b = crate::BitBlock::random(64 * k, &mut rng);
@@ -437,90 +489,105 @@ mod tests {
     #[test]
     fn plans_cover_and_prefer_one_row() {
         for be in backends() {
-            for &(i, o) in &[(1usize, 1usize), (157, 40), (15625, 3907), (156250, 39063), (1000, 1), (64, 64)] {
+            for &(i, o) in &[(1usize, 1usize), (157, 40), (15625, 3907), (156250, 39063), (1000, 1), (64, 64)]
+            {
                 let p = Plan::choose(be, i, o);
                 assert!(p.k * p.rows >= o && p.k * p.cols >= i, "{be:?} {i} {o} {p:?}");
-                assert!(p.k % p.base == 0 && (p.k / p.base).is_power_of_two());
+                assert!(p.k.is_multiple_of(p.base) && (p.k / p.base).is_power_of_two());
                 assert!(p.base <= MAX_BASE);
             }
         }
     }
 }
 
+/// Measurements behind the cost model and the kernel sizes; ignored by default. Run with
+/// `CARGO_TARGET_DIR=/work/target-pa cargo test --release -p qpon-qkd --lib tune_ -- --ignored --nocapture`
+/// (`tune_plans` takes `TUNE_N`, `TUNE_M`, `TUNE_BASES=8,16,…`, `TUNE_BACKEND=0|1|2`). On a shared
+/// machine compare minimum times: medians move with the load.
 #[cfg(test)]
 mod tuning {
     use super::*;
 
-    /// Times every plausible plan at one size: `cargo test --release -- --ignored tune --nocapture`.
+    /// Times plans around the chosen one at one size.
     #[test]
     #[ignore]
-    fn tune() {
+    fn tune_plans() {
         let n: usize = std::env::var("TUNE_N").map_or(1_000_000, |s| s.parse().unwrap());
         let m: usize = std::env::var("TUNE_M").map_or(n / 4, |s| s.parse().unwrap());
         let mut rng = crate::rng::seeded(5);
         let x = crate::BitBlock::random(n, &mut rng);
         let seed = crate::BitBlock::random(n + m - 1, &mut rng);
-        let be = if std::env::var("TUNE_PORTABLE").is_ok() { Backend::Portable } else { Backend::detect() };
+        // TUNE_BACKEND=0 (portable), 1 (128-bit pclmulqdq), 2 (256-bit, where available).
+        let all = Backend::all();
+        let be = std::env::var("TUNE_BACKEND")
+            .map_or(Backend::detect(), |s| all[s.parse::<usize>().unwrap().min(all.len() - 1)]);
         let (iw, ow) = (n.div_ceil(64), m.div_ceil(64));
-        println!("chosen: {:?}", Plan::choose(be, iw, ow));
-        let bases: Vec<usize> = std::env::var("TUNE_BASES")
-            .map_or(vec![2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16, 20, 24, 28, 32], |s| s.split(',').map(|b| b.parse().unwrap()).collect());
+        let chosen = Plan::choose(be, iw, ow);
+        let time = |plan: Plan| {
+            let mut ts: Vec<f64> = (0..15)
+                .map(|_| {
+                    let t = std::time::Instant::now();
+                    std::hint::black_box(toeplitz_words(be, Some(plan), &x, &seed, m));
+                    t.elapsed().as_secs_f64() * 1e3
+                })
+                .collect();
+            ts.sort_by(f64::total_cmp);
+            let levels = (plan.k / plan.base).trailing_zeros() as i32;
+            let leaves = (plan.rows * plan.cols) as f64 * 3f64.powi(levels);
+            let clmuls = leaves * (plan.base * (plan.base + 1)) as f64;
+            println!(
+                "{plan:?}: min {:.2} ms (median {:.2}), {:.1} M clmul, {:.2} ns/clmul, model {:.3e}",
+                ts[0],
+                ts[7],
+                clmuls / 1e6,
+                ts[0] * 1e6 / clmuls,
+                leaves * be.leaf_cost(plan.base)
+            );
+        };
+        print!("{be:?} chosen ");
+        time(chosen);
+        // Other bases (TUNE_BASES, comma-separated; empty for none): the smallest tile with one
+        // row and the one below it.
+        let bases: Vec<usize> = std::env::var("TUNE_BASES").map_or(vec![4, 8, 12, 16, 20, 24, 28, 32], |s| {
+            s.split(',').filter_map(|b| b.trim().parse().ok()).filter(|&b| b > 0).collect()
+        });
         for base in bases {
             let mut k = base;
             while k < ow {
                 k *= 2;
             }
             for kk in [k / 2, k] {
-                if kk < base {
-                    continue;
+                if kk >= base {
+                    time(Plan { k: kk, base, rows: ow.div_ceil(kk), cols: iw.div_ceil(kk) });
                 }
-                let plan = Plan { k: kk, base, rows: ow.div_ceil(kk), cols: iw.div_ceil(kk) };
-                let mut ts: Vec<f64> = (0..15)
-                    .map(|_| {
-                        let t = std::time::Instant::now();
-                        std::hint::black_box(toeplitz_words(be, Some(plan), &x, &seed, m));
-                        t.elapsed().as_secs_f64() * 1e3
-                    })
-                    .collect();
-                ts.sort_by(f64::total_cmp);
-                let levels = (kk / base).trailing_zeros();
-                let clmuls = (plan.rows * plan.cols) as f64 * 3f64.powi(levels as i32) * (base * (base + 1)) as f64;
-                println!(
-                    "{plan:?}: min {:.2} ms (median {:.2}), {:.1} M clmul, {:.2} ns/clmul, model {:.3e}",
-                    ts[0],
-                    ts[7],
-                    clmuls / 1e6,
-                    ts[0] * 1e6 / clmuls,
-                    (plan.rows * plan.cols) as f64 * 3f64.powi(levels as i32) * be.leaf_cost(base)
-                );
             }
         }
     }
-}
 
-#[cfg(test)]
-mod tuning_leaf {
-    use super::*;
-
+    /// Time per base case (data in L1) for every backend and size.
     #[test]
     #[ignore]
     fn tune_leaf() {
         for be in Backend::all() {
-        for b in [2usize, 4, 6, 8, 12, 16, 20, 24, 28, 32] {
-            let a: Vec<u64> = (0..2 * b as u64).map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15)).collect();
-            let bb: Vec<u64> = (0..b as u64).map(|i| i.wrapping_mul(0xD1B5_4A32_D192_ED03) ^ 7).collect();
-            let mut out = vec![0u64; b];
-            let reps = 200_000 / (b * b);
-            let mut best = f64::MAX;
-            for _ in 0..200 {
-                let t = std::time::Instant::now();
-                for _ in 0..reps {
-                    be.mp_base(std::hint::black_box(&a), &bb, &mut out);
+            for b in [2usize, 4, 6, 8, 12, 16, 20, 24, 28, 32] {
+                let a: Vec<u64> = (0..2 * b as u64).map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15)).collect();
+                let bb: Vec<u64> = (0..b as u64).map(|i| i.wrapping_mul(0xD1B5_4A32_D192_ED03) ^ 7).collect();
+                let mut out = vec![0u64; b];
+                let reps = 200_000 / (b * b);
+                let mut best = f64::MAX;
+                for _ in 0..200 {
+                    let t = std::time::Instant::now();
+                    for _ in 0..reps {
+                        be.mp_base(std::hint::black_box(&a), &bb, &mut out);
+                    }
+                    best = best.min(t.elapsed().as_secs_f64());
                 }
-                best = best.min(t.elapsed().as_secs_f64());
+                println!(
+                    "{be:?} base {b}: {:.3} ns/clmul ({:.1} ns/leaf)",
+                    best * 1e9 / (reps * b * (b + 1)) as f64,
+                    best * 1e9 / reps as f64
+                );
             }
-            println!("{be:?} base {b}: {:.3} ns/clmul ({:.1} ns/leaf)", best * 1e9 / (reps * b * (b + 1)) as f64, best * 1e9 / reps as f64);
-        }
         }
     }
 }
