@@ -4,28 +4,39 @@
 //! # How it works
 //!
 //! Within a run of gates owned by one ONU every gate clicks (before dead time and
-//! afterpulses) with the same mean probability D̄ = Σ p_k·p(b_s)·p(b_r)·D_{k,b_s,b_r}, so
-//! the gap to the next click is geometric. The sampler draws one Exp(1) variate per click
-//! and walks the frame's segments subtracting each segment's hazard −ln(1−D̄)·length until
-//! the variate is used up: the gate where that happens is the next click, and gates in
-//! between are never visited. At a click it draws the intensity class and both bases
-//! jointly from the click-conditional distribution (an alias table), the encoded bit, and
-//! the detector outcome (correct, wrong, double) from the model's conditional
-//! probabilities; it stores the ONU's pulse record and emits the detection record. After a
-//! click the receiver is dead for `dead_time` gates (the walk resumes after them, which is
-//! exact because the process is memoryless) and with probability p_ap an afterpulse is
-//! queued `dead_time + 1 + m` gates later (m from the afterpulse kernel); an afterpulse
-//! that lands in a live gate is a detection with a random bit, on whatever pulse owns that
-//! gate — the same ONU's or the next slot's.
+//! afterpulses) with the same mean probability D̄ = Σ p_k·p(b_s)·p(b_r)·D_{k,b_s,b_r},
+//! independently of every other gate. The sampler therefore first generates the
+//! *candidate* clicks of a whole frame: the points of a unit-rate Poisson process in
+//! cumulative-hazard space (a running sum of Exp(1) variates; each segment contributes
+//! −ln(1−D̄) per gate), each mapped to its gate through a bucket index over the frame's
+//! cumulative hazard. A gate is a candidate when at least one point falls in it, which
+//! happens with probability 1 − e^{−λ} = D̄. Frames without any point are skipped by
+//! division, so gates are never visited one by one, and the candidate loop does not depend
+//! on the detections, which keeps the CPU's pipelines full.
+//!
+//! The candidates then become detections in gate order: one in a gate where the receiver
+//! is dead (within `dead_time` gates of the last detection) is dropped, which is exact
+//! because the gates after a dead window are independent of everything before it. At a
+//! detection the sampler draws the intensity class and both bases jointly from the
+//! click-conditional distribution (an alias table), the encoded bit, and the detector
+//! outcome (correct, wrong, double) from the model's conditional probabilities; it stores
+//! the ONU's pulse record and emits the detection record. With probability p_ap a
+//! detection queues an afterpulse `dead_time + 1 + m` gates later (m from the afterpulse
+//! kernel); an afterpulse that lands in a live gate is a detection with a random bit, on
+//! whatever pulse owns that gate — the same ONU's or the next slot's.
 //!
 //! Pulses that did not click are never generated. If an ONU is asked about one, its record
 //! is drawn from the no-click conditional distribution with a hash of (seed, ONU, pulse)
 //! as randomness, so the answer is the same however often it is asked.
 //!
-//! Randomness: one ChaCha8 stream seeded from the scenario seed. Given the seed and the
-//! same sequence of calls the output is identical; splitting a run into different poll
-//! chunks gives the same records up to floating-point rounding of the hazard sums (which
-//! in practice never changes a gate).
+//! Randomness: two xoshiro256++ streams seeded (through SplitMix64) from the scenario
+//! seed — fast simulation generators, not key material: one for the candidates' Exp(1)
+//! variates, one for everything drawn at a detection. A frame's candidates are generated
+//! only once the caller's horizon reaches it, so given the seed and the same sequence of
+//! calls the output is identical, and splitting a run into different poll chunks gives
+//! exactly the same records. A schedule change (see [`Sampler::configure`]) restarts the
+//! candidate process where it takes effect with a fresh variate, which is exact because
+//! gates are independent.
 //!
 //! Probabilities are resolved to 2⁻³⁰ or better (2⁻³² for the class/basis draw and the
 //! afterpulse decision, 2⁻⁶⁴ for the rare wrong-versus-double branch).
@@ -39,14 +50,88 @@ use qpon_hw::{
     Basis, DetectionFlags, DetectionRecord, DetectorChannelStatus, DetectorSource, DetectorStatus, Intensity,
     PulseAnswer, PulseRecord, PulseSource, SourceError, SourceSchedule,
 };
-use rand::rngs::ChaCha8Rng;
-use rand::{Rng, SeedableRng};
+use rand::rand_core::TryRng;
 use rand_distr::{Distribution, Exp1};
 use std::collections::VecDeque;
+use std::convert::Infallible;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Gates of propagation delay per km of fibre at 1 GHz (5 µs/km, DESIGN.md §7).
 pub const GATES_PER_KM_AT_1GHZ: f64 = 5000.0;
+
+/// Xoshiro256++ (Blackman & Vigna 2018), seeded through SplitMix64: the simulation's
+/// random stream (fast, statistically strong, not cryptographic).
+#[derive(Clone, Debug)]
+struct FastRng {
+    s: [u64; 4],
+}
+
+impl FastRng {
+    fn seed_from_u64(seed: u64) -> FastRng {
+        let mut z = seed;
+        let mut s = [0u64; 4];
+        for x in &mut s {
+            *x = splitmix(z);
+            z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        }
+        FastRng { s }
+    }
+
+    #[inline(always)]
+    fn next_u64(&mut self) -> u64 {
+        let s = &mut self.s;
+        let r = s[0].wrapping_add(s[3]).rotate_left(23).wrapping_add(s[0]);
+        let t = s[1] << 17;
+        s[2] ^= s[0];
+        s[3] ^= s[1];
+        s[1] ^= s[2];
+        s[0] ^= s[3];
+        s[2] ^= t;
+        s[3] = s[3].rotate_left(45);
+        r
+    }
+}
+
+impl TryRng for FastRng {
+    type Error = Infallible;
+
+    #[inline(always)]
+    fn try_next_u32(&mut self) -> Result<u32, Infallible> {
+        Ok((self.next_u64() >> 32) as u32)
+    }
+
+    #[inline(always)]
+    fn try_next_u64(&mut self) -> Result<u64, Infallible> {
+        Ok(self.next_u64())
+    }
+
+    fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Infallible> {
+        for chunk in dst.chunks_mut(8) {
+            let b = self.next_u64().to_le_bytes();
+            chunk.copy_from_slice(&b[..chunk.len()]);
+        }
+        Ok(())
+    }
+}
+
+/// Exp(1) variates drawn per batch.
+const EBUF: usize = 256;
+
+/// "No such gate": beyond every horizon.
+const NEVER: u64 = u64::MAX;
+
+/// A candidate click, with what its detection needs to know of its segment.
+#[derive(Clone, Copy, Debug)]
+struct Cand {
+    gate: u64,
+    /// The owner's pulse index at the gate (when `owner` is not `IDLE`).
+    pulse: u64,
+    /// The ONU whose pulse it is, or `IDLE` (guard/idle gate, or before the owner's
+    /// first pulse arrives).
+    owner: u32,
+    /// The segment's `ap`.
+    ap: bool,
+}
 
 /// Twelve categories (k, b_s, b_r) → index k·4 + b_s·2 + b_r.
 const CATS: usize = 12;
@@ -85,27 +170,52 @@ impl Alias {
         Alias { keep, alias }
     }
 
-    #[inline]
+    #[inline(always)]
     fn sample(&self, u: u64) -> usize {
         let i = (((u >> 32) * CATS as u64) >> 32) as usize;
-        if (u & 0xffff_ffff) < self.keep[i] { i } else { self.alias[i] as usize }
+        // Branch-free: the keep/alias decision is a coin flip the predictor cannot learn.
+        let a = self.alias[i] as usize;
+        let keep = ((u & 0xffff_ffff) < self.keep[i]) as usize;
+        a ^ ((i ^ a) & keep.wrapping_neg())
     }
 }
 
-/// Outcome draw of one category, conditional on a click.
-#[derive(Clone, Copy, Debug, Default)]
-struct OutcomeDraw {
-    /// P(correct only | click), scaled to 2³⁰.
-    c: u32,
-    /// P(wrong only | click, not correct only), scaled to 2⁶⁴ (saturating).
-    w: u64,
+/// What a detection needs, packed into three cache lines: the click-conditional alias
+/// table over the twelve categories (`ka[i]` = keep threshold, scaled to 2³², in the low
+/// 33 bits | alias << 33) and, per category, P(correct only | click) scaled to 2³⁰.
+#[derive(Clone, Debug)]
+#[repr(C, align(64))]
+struct ClickDraw {
+    ka: [u64; CATS],
+    c: [u32; CATS],
+}
+
+impl ClickDraw {
+    fn new(a: &Alias, c: [u32; CATS]) -> ClickDraw {
+        let mut ka = [0u64; CATS];
+        for (i, x) in ka.iter_mut().enumerate() {
+            *x = a.keep[i] | (u64::from(a.alias[i]) << 33);
+        }
+        ClickDraw { ka, c }
+    }
+
+    /// The category of a click, from 64 random bits (as [`Alias::sample`]).
+    #[inline(always)]
+    fn sample(&self, u: u64) -> usize {
+        let i = (((u >> 32) * CATS as u64) >> 32) as usize;
+        let e = self.ka[i];
+        let a = (e >> 33) as usize;
+        let keep = ((u & 0xffff_ffff) < (e & ((1 << 33) - 1))) as usize;
+        a ^ ((i ^ a) & keep.wrapping_neg())
+    }
 }
 
 /// Per-ONU sampling tables.
 #[derive(Clone, Debug)]
 struct OnuTables {
-    click: Alias,
-    outcome: [OutcomeDraw; CATS],
+    click: ClickDraw,
+    /// P(wrong only | click, not correct only), scaled to 2⁶⁴ (saturating), per category.
+    w: [u64; CATS],
     no_click: Alias,
     mean_click: f64,
     blinded: bool,
@@ -115,7 +225,8 @@ impl OnuTables {
     fn new(t: &CellTable) -> OnuTables {
         let mut wc = [0.0; CATS];
         let mut wn = [0.0; CATS];
-        let mut outcome = [OutcomeDraw::default(); CATS];
+        let mut c = [0u32; CATS];
+        let mut w = [0u64; CATS];
         for k in 0..3 {
             for bs in 0..2 {
                 for br in 0..2 {
@@ -126,17 +237,15 @@ impl OnuTables {
                     wn[i] = t.weight[k][bs][br] * (1.0 - d);
                     if d > 0.0 {
                         let rest = o.w + o.both;
-                        outcome[i] = OutcomeDraw {
-                            c: ((o.c / d) * (1u64 << 30) as f64).round().min((1u64 << 30) as f64) as u32,
-                            w: if rest > 0.0 { to_u64_scale(o.w / rest) } else { u64::MAX },
-                        };
+                        c[i] = ((o.c / d) * (1u64 << 30) as f64).round().min((1u64 << 30) as f64) as u32;
+                        w[i] = if rest > 0.0 { to_u64_scale(o.w / rest) } else { u64::MAX };
                     }
                 }
             }
         }
         OnuTables {
-            click: Alias::new(&wc),
-            outcome,
+            click: ClickDraw::new(&Alias::new(&wc), c),
+            w,
             no_click: Alias::new(&wn),
             mean_click: t.mean_click(),
             blinded: t.blinded,
@@ -152,15 +261,18 @@ fn to_u32_scale(p: f64) -> u64 {
     (p.clamp(0.0, 1.0) * 4294967296.0).round() as u64
 }
 
-/// One segment of the current frame.
+/// One segment of the current frame (one cache line: a candidate reads one).
 #[derive(Clone, Copy, Debug)]
+#[repr(C, align(64))]
 struct Seg {
+    /// Cumulative hazard of the frame at the segment's start and end.
+    h0: f64,
+    h1: f64,
     start: u64,
     end: u64,
     /// ONU index, or `u32::MAX` for idle/guard gates.
     owner: u32,
-    /// Hazard per gate, −ln(1 − D̄), and its inverse (0 when the hazard is 0).
-    lambda: f64,
+    /// Inverse of the hazard per gate −ln(1 − D̄) (0 when the hazard is 0).
     inv_lambda: f64,
     /// Equalisation delay of the owner during this frame.
     delay: u64,
@@ -170,16 +282,17 @@ struct Seg {
 
 const IDLE: u32 = u32::MAX;
 
-/// Per-ONU state.
+/// Per-ONU state (the fields a detection touches first, together).
 #[derive(Debug)]
+#[repr(C)]
 struct OnuState {
     tables: OnuTables,
+    /// Records of the pulses that caused or received a detection, in pulse order.
+    records: Vec<PulseRecord>,
     /// Schedules in force, by the frame they start at (the first one from frame 0).
     history: Vec<SourceSchedule>,
     /// Schedules waiting for their frame.
     pending: Vec<SourceSchedule>,
-    /// Records of the pulses that caused or received a detection, in pulse order.
-    records: Vec<PulseRecord>,
     /// Pulses below this have been released.
     released: u64,
     answers: VecDeque<PulseAnswer>,
@@ -203,7 +316,13 @@ struct Counters {
 /// through [`SimPon`]'s handles, which implement the `hw` traits.
 #[derive(Debug)]
 pub struct Sampler {
-    rng: ChaCha8Rng,
+    /// Draws made at detections.
+    rng: FastRng,
+    /// The candidates' Exp(1) variates, drawn `EBUF` at a time into `ebuf`; the next is
+    /// `ebuf[ebuf_i]`.
+    erng: FastRng,
+    ebuf: Box<[f64; EBUF]>,
+    ebuf_i: usize,
     seed: u64,
     gate_rate_hz: f64,
     frame_gates: u64,
@@ -222,21 +341,30 @@ pub struct Sampler {
     segs: Vec<Seg>,
     /// Cumulative hazard at the start of each segment (one more entry: the frame's total).
     hcum: Vec<f64>,
-    /// Bucket index over the frame's hazard: `buckets[b]` is the first segment whose
-    /// cumulative hazard at its end exceeds b·H/M, so a lookup starts next to its answer.
+    /// Bucket index over the frame's hazard (M = 4 buckets per segment): `buckets[b]` is
+    /// the first segment whose cumulative hazard at its end exceeds b·H/M, so a lookup
+    /// starts at its answer (or, rarely, just before it).
     buckets: Vec<u32>,
     /// M / H.
     bucket_scale: f64,
-    /// Frame whose segments are in `segs`, and its first gate.
-    seg_frame: u64,
-    frame_base: u64,
+    /// Total hazard of one frame.
     frame_hazard: f64,
+    /// The segment table holds for frames below this one (the first pending schedule).
     next_change: u64,
     blinded_per_frame: u64,
-    // Walk state.
+    /// Horizon: every gate below it has been generated.
     pos: u64,
-    seg_idx: usize,
-    e_rem: f64,
+    /// Candidate clicks generated and not yet consumed: `cand[cand_i..]`, in gate order.
+    cand: Vec<Cand>,
+    cand_i: usize,
+    /// Candidates are generated for every gate below this (a frame boundary, or `NEVER`
+    /// when no gate will ever click), …
+    gen_gate: u64,
+    /// … and the next one lies this much cumulative hazard after it.
+    e_res: f64,
+    /// The receiver is live (not dead) from this gate on.
+    live_from: u64,
+    /// Afterpulses waiting, in gate order.
     pending_ap: Vec<u64>,
     last_det: Option<u64>,
     out: Vec<DetectionRecord>,
@@ -286,7 +414,10 @@ impl Sampler {
             })
             .collect();
         let mut s = Sampler {
-            rng: ChaCha8Rng::seed_from_u64(pon.seed),
+            rng: FastRng::seed_from_u64(pon.seed),
+            erng: FastRng::seed_from_u64(splitmix(pon.seed ^ 0x6a09_e667_f3bc_c908)),
+            ebuf: Box::new([0.0; EBUF]),
+            ebuf_i: EBUF,
             seed: pon.seed,
             gate_rate_hz: pon.gate_rate_hz,
             frame_gates: map.frame_gates,
@@ -303,27 +434,35 @@ impl Sampler {
             hcum: Vec::new(),
             buckets: Vec::new(),
             bucket_scale: 0.0,
-            seg_frame: 0,
-            frame_base: 0,
             frame_hazard: 0.0,
-            next_change: u64::MAX,
+            next_change: NEVER,
             blinded_per_frame: 0,
             pos: 0,
-            seg_idx: 0,
-            e_rem: 0.0,
+            cand: Vec::new(),
+            cand_i: 0,
+            gen_gate: 0,
+            e_res: 0.0,
+            live_from: 0,
             pending_ap: Vec::new(),
             last_det: None,
             out: Vec::new(),
             counters: Counters::default(),
         };
         s.rebuild(0);
-        s.e_rem = s.exp();
+        s.e_res = s.exp();
         s
     }
 
     #[inline]
     fn exp(&mut self) -> f64 {
-        Exp1.sample(&mut self.rng)
+        if self.ebuf_i == EBUF {
+            for x in self.ebuf.iter_mut() {
+                *x = Exp1.sample(&mut self.erng);
+            }
+            self.ebuf_i = 0;
+        }
+        self.ebuf_i += 1;
+        self.ebuf[self.ebuf_i - 1]
     }
 
     /// Rebuilds the segment table for `frame`, applying schedules due by then.
@@ -366,8 +505,10 @@ impl Sampler {
                 crate::model::Owner::Idle => 0,
             };
             let inv_lambda = if lambda > 0.0 { 1.0 / lambda } else { 0.0 };
-            self.segs.push(Seg { start: seg.start, end: seg.end, owner, lambda, inv_lambda, delay, ap });
+            let h0 = *self.hcum.last().unwrap_or(&0.0);
             self.hcum.push(self.frame_hazard);
+            let h1 = self.frame_hazard;
+            self.segs.push(Seg { h0, h1, start: seg.start, end: seg.end, owner, inv_lambda, delay, ap });
         }
         let m = 4 * self.segs.len();
         self.buckets.clear();
@@ -380,9 +521,6 @@ impl Sampler {
             }
             self.buckets.push(j as u32);
         }
-        self.seg_frame = frame;
-        self.frame_base = frame * self.frame_gates;
-        self.seg_idx = 0;
         self.next_change = next;
     }
 
@@ -447,121 +585,142 @@ impl Sampler {
         o.pending.push(s);
         o.pending.sort_by_key(|p| p.from_frame);
         self.next_change = self.next_change.min(self.onus[onu].pending[0].from_frame);
+        // Candidates exist only for frames up to the horizon's, which the change does not
+        // touch; but frames skipped beyond it with the old table are void: the candidate
+        // process restarts where the change takes effect with a fresh variate (exact, as
+        // gates are independent).
+        let g = self.next_change.saturating_mul(self.frame_gates);
+        if self.gen_gate > g {
+            self.gen_gate = g;
+            self.e_res = self.exp();
+        }
         Ok(())
     }
 
     /// Generates every detection with a gate below `until`.
     pub fn advance(&mut self, until: u64) {
-        while self.pos < until {
-            let ap = self.pending_ap.first().copied();
-            let limit = match ap {
-                Some(a) => until.min(a + 1),
-                None => until,
-            };
-            match self.walk(limit) {
-                Some(c) => {
-                    if ap == Some(c) {
-                        self.pending_ap.remove(0);
-                    }
-                    self.primary(c);
+        if until <= self.pos {
+            return;
+        }
+        // A local copy of the generator stays in registers across the record writes.
+        let mut rng = self.rng.clone();
+        loop {
+            if self.cand_i == self.cand.len() {
+                // Generate the next frame once every afterpulse before it is handled (the
+                // segment table may change with the frame).
+                if self.gen_gate < until && self.pending_ap.first().is_none_or(|&a| a >= self.gen_gate) {
+                    self.cand.clear();
+                    self.cand_i = 0;
+                    self.generate();
+                    continue;
                 }
-                None => {
-                    // The walk reached `limit` with no primary click.
-                    if let Some(a) = ap
-                        && self.pos == a + 1
-                    {
-                        self.pending_ap.remove(0);
-                        self.afterpulse(a);
-                    }
+            } else if self.pending_ap.is_empty() {
+                // Fast path: the next event is a candidate.
+                let cand = self.cand[self.cand_i];
+                if cand.gate >= until {
+                    break;
+                }
+                self.cand_i += 1;
+                if cand.gate >= self.live_from {
+                    self.primary(cand, &mut rng);
+                }
+                continue;
+            }
+            let c = self.cand.get(self.cand_i).map_or(NEVER, |c| c.gate);
+            let a = self.pending_ap.first().copied().unwrap_or(NEVER);
+            if c.min(a) >= until {
+                break;
+            }
+            if c <= a {
+                let cand = self.cand[self.cand_i];
+                self.cand_i += 1;
+                if c == a {
+                    // A primary click and an afterpulse in the same gate: one detection.
+                    self.pending_ap.remove(0);
+                }
+                if c >= self.live_from {
+                    self.primary(cand, &mut rng);
+                }
+            } else {
+                self.pending_ap.remove(0);
+                if a >= self.live_from {
+                    self.afterpulse(a, &mut rng);
                 }
             }
         }
+        self.rng = rng;
+        self.pos = until;
     }
 
-    /// Consumes hazard from `pos` towards `limit`; returns the gate of the next primary
-    /// click if it comes before `limit` (leaving `pos` there), else leaves `pos = limit`.
-    ///
-    /// The cumulative hazard of the frame is tabulated per segment (`hcum`), so finding the
-    /// click is a short scan over that table, not a loop over gates.
-    #[inline]
-    fn walk(&mut self, limit: u64) -> Option<u64> {
+    /// Generates the candidate clicks of the frame starting at `gen_gate`, or skips the
+    /// frames without any (at most up to the next schedule change).
+    fn generate(&mut self) {
         let f = self.frame_gates;
-        loop {
-            if self.pos >= self.frame_base + f {
-                let frame = self.pos / f;
-                if frame >= self.next_change {
-                    self.rebuild(frame);
-                } else {
-                    self.seg_frame = frame;
-                    self.frame_base = frame * f;
-                    self.seg_idx = 0;
-                }
-                // Skip whole frames when the variate outlasts them.
-                if self.pos == self.frame_base && self.frame_hazard > 0.0 && self.e_rem >= self.frame_hazard {
-                    let max_frames =
-                        (limit / f).saturating_sub(frame).min(self.next_change.saturating_sub(frame));
-                    let k = ((self.e_rem / self.frame_hazard) as u64).min(max_frames);
-                    if k > 0 {
-                        self.e_rem -= k as f64 * self.frame_hazard;
-                        self.pos += k * f;
-                        continue;
-                    }
-                }
+        let frame = self.gen_gate / f;
+        if frame >= self.next_change {
+            self.rebuild(frame);
+        }
+        let h = self.frame_hazard;
+        if self.e_res >= h {
+            // No candidate in this frame: skip every frame the variate outlasts.
+            let k = if h > 0.0 { (self.e_res / h) as u64 } else { NEVER };
+            let k = k.min(self.next_change - frame);
+            self.gen_gate = match frame.checked_add(k).and_then(|x| x.checked_mul(f)) {
+                Some(g) if k != NEVER => g,
+                _ => NEVER,
+            };
+            if k != NEVER {
+                self.e_res = (self.e_res - k as f64 * h).max(0.0);
             }
-            let in_frame = self.pos - self.frame_base;
-            while self.segs[self.seg_idx].end <= in_frame {
-                self.seg_idx += 1;
-            }
-            let seg = self.segs[self.seg_idx];
-            let h_pos = self.hcum[self.seg_idx] + (in_frame - seg.start) as f64 * seg.lambda;
-            let target = h_pos + self.e_rem;
-            let n = self.segs.len();
-            let mut j = self.seg_idx;
-            if target < self.frame_hazard {
-                let b = (target * self.bucket_scale) as usize;
-                if let Some(&k) = self.buckets.get(b) {
-                    j = j.max(k as usize);
-                }
-            }
-            while j < n && self.hcum[j + 1] <= target {
+            return;
+        }
+        let base = self.gen_gate;
+        // Locals, so that the generator's state and the tables stay in registers while
+        // candidates are written.
+        let mut rng = self.erng.clone();
+        let mut cand = std::mem::take(&mut self.cand);
+        let ebuf = &mut self.ebuf[..];
+        let mut ei = self.ebuf_i;
+        let (segs, buckets) = (&self.segs[..], &self.buckets[..]);
+        let scale = self.bucket_scale;
+        let last_bucket = buckets.len() - 1;
+        let mut t = self.e_res;
+        while t < h {
+            // (Conversions through i64 are cheaper than to unsigned; the values are ≥ 0.)
+            let b = ((t * scale) as i64 as usize).min(last_bucket);
+            // t < H = the last segment's h1, so j stays in range; the loop rarely runs
+            // more than once.
+            let mut j = buckets[b] as usize;
+            while segs[j].h1 <= t {
                 j += 1;
             }
-            let lim_in = (limit - self.frame_base).min(f);
-            if j < n {
-                let s = self.segs[j];
-                let off = ((target - self.hcum[j]) * s.inv_lambda) as u64;
-                let c_in = (s.start + off).clamp(s.start.max(in_frame), s.end - 1);
-                if c_in < lim_in {
-                    self.seg_idx = j;
-                    self.pos = self.frame_base + c_in;
-                    return Some(self.pos);
+            let s = &segs[j];
+            let o = ((t - s.h0) * s.inv_lambda).max(0.0) as i64 as u64;
+            let g = s.start + o.min(s.end - s.start - 1);
+            let gate = base + g;
+            let (owner, pulse) =
+                if s.owner != IDLE && gate >= s.delay { (s.owner, gate - s.delay) } else { (IDLE, 0) };
+            cand.push(Cand { gate, pulse, owner, ap: s.ap });
+            if ei == EBUF {
+                for x in ebuf.iter_mut() {
+                    *x = Exp1.sample(&mut rng);
                 }
+                ei = 0;
             }
-            if lim_in < f || self.frame_base + f == limit {
-                // `limit` comes first: keep the unused hazard.
-                let mut k = self.seg_idx;
-                while k + 1 < n && self.segs[k].end <= lim_in {
-                    k += 1;
-                }
-                let h_lim = if lim_in >= f {
-                    self.frame_hazard
-                } else {
-                    self.hcum[k] + (lim_in - self.segs[k].start) as f64 * self.segs[k].lambda
-                };
-                self.e_rem = (target - h_lim).max(0.0);
-                self.seg_idx = k;
-                self.pos = limit;
-                return None;
-            }
-            self.e_rem = (target - self.frame_hazard).max(0.0);
-            self.pos = self.frame_base + f;
+            t += ebuf[ei];
+            ei += 1;
         }
+        self.erng = rng;
+        self.ebuf_i = ei;
+        self.cand = cand;
+        self.e_res = t - h;
+        self.gen_gate = base + f;
     }
 
     fn seg_at(&self, gate: u64) -> Seg {
         let in_frame = gate % self.frame_gates;
-        let i = self.segs.partition_point(|s| s.end <= in_frame);
-        self.segs[i.min(self.segs.len() - 1)]
+        let i = self.segs.partition_point(|s| s.end <= in_frame).min(self.segs.len() - 1);
+        self.segs[i]
     }
 
     #[inline]
@@ -572,16 +731,16 @@ impl Sampler {
         }
     }
 
-    /// After a detection at `gate`: dead time, afterpulse, fresh variate.
-    #[inline]
-    fn after_detection(&mut self, gate: u64, spawn: bool, u_ap: u64) {
+    /// After a detection at `gate`: dead time and afterpulse.
+    #[inline(always)]
+    fn after_detection(&mut self, gate: u64, spawn: bool, u_ap: u64, rng: &mut FastRng) {
         self.last_det = Some(gate);
         let resume = gate + self.dead + 1;
         while self.pending_ap.first().is_some_and(|&a| a < resume) {
             self.pending_ap.remove(0);
         }
         if spawn && u_ap < self.p_ap {
-            let u = self.rng.next_u64() & 0xffff_ffff;
+            let u = rng.next_u64() & 0xffff_ffff;
             let m = self.ap_cdf.partition_point(|&c| c <= u).min(self.ap_cdf.len() - 1) as u64;
             let a = resume + m;
             let at = self.pending_ap.partition_point(|&x| x < a);
@@ -589,31 +748,27 @@ impl Sampler {
                 self.pending_ap.insert(at, a);
             }
         }
-        // Gates in the dead window are skipped without consuming hazard.
-        self.pos = resume;
-        self.e_rem = self.exp();
+        self.live_from = resume;
     }
 
-    /// A primary click (signal or dark) at gate `c`, where `pos == c`.
-    #[inline]
-    fn primary(&mut self, c: u64) {
-        let seg = self.segs[self.seg_idx];
-        let u1 = self.rng.next_u64();
-        let u2 = self.rng.next_u64();
+    /// A primary click (signal or dark), the receiver live.
+    #[inline(always)]
+    fn primary(&mut self, cand: Cand, rng: &mut FastRng) {
+        let c = cand.gate;
+        let u1 = rng.next_u64();
+        let u2 = rng.next_u64();
         let mut flags = self.flags_for(c);
-        let delay = seg.delay;
-        let (basis, bit) = if seg.owner != IDLE && c >= delay {
-            let o = &mut self.onus[seg.owner as usize];
+        let (basis, bit) = if cand.owner != IDLE {
+            let o = &mut self.onus[cand.owner as usize];
             let cat = o.tables.click.sample(u1);
             let (k, bs, br) = (cat / 4, (cat / 2) % 2, cat % 2);
             let x = (u2 >> 32) & 1 == 1;
-            let draw = o.tables.outcome[cat];
             let level = (u2 >> 34) as u32;
-            let bit = if level < draw.c {
+            let bit = if level < o.tables.click.c[cat] {
                 x
             } else {
-                let u3 = self.rng.next_u64();
-                if u3 < draw.w {
+                let u3 = rng.next_u64();
+                if u3 < o.tables.w[cat] {
                     !x
                 } else {
                     flags |= DetectionFlags::DOUBLE_CLICK;
@@ -622,7 +777,7 @@ impl Sampler {
             };
             let Some(intensity) = Intensity::from_index(k as u8) else { unreachable!() };
             o.records.push(PulseRecord {
-                pulse: c - delay,
+                pulse: cand.pulse,
                 basis: Basis::from_bit(bs == 1),
                 bit: x,
                 intensity,
@@ -637,21 +792,18 @@ impl Sampler {
             (basis, (u2 >> 33) & 1 == 1)
         };
         self.emit(c, basis, bit, flags);
-        self.after_detection(c, seg.ap, u2 & 0xffff_ffff);
+        self.after_detection(c, cand.ap, u2 & 0xffff_ffff, rng);
     }
 
-    /// An afterpulse at gate `a` (no primary click there); `pos == a + 1`.
-    fn afterpulse(&mut self, a: u64) {
-        let frame = a / self.frame_gates;
-        // The walk stops at `a + 1` without entering a new frame, so the segments are
-        // still those of `a`'s frame.
-        debug_assert_eq!(frame, self.seg_frame);
+    /// An afterpulse at gate `a`, the receiver live (`a` is below `gen_gate`, so the
+    /// current segment table holds for it).
+    fn afterpulse(&mut self, a: u64, rng: &mut FastRng) {
         let seg = self.seg_at(a);
         if !seg.ap {
             return; // blinded: the detector does not afterpulse
         }
-        let u1 = self.rng.next_u64();
-        let u2 = self.rng.next_u64();
+        let u1 = rng.next_u64();
+        let u2 = rng.next_u64();
         let flags = self.flags_for(a) | DetectionFlags::AFTERPULSE_WINDOW;
         let bit = (u2 >> 33) & 1 == 1;
         let basis = if seg.owner != IDLE {
@@ -674,9 +826,7 @@ impl Sampler {
             Basis::from_bit((u1 & 0xffff_ffff) >= self.idle_basis)
         };
         self.emit(a, basis, bit, flags);
-        // The walk is at a + 1; the detection at `a` restarts it after the dead time.
-        self.pos = a;
-        self.after_detection(a, true, u2 & 0xffff_ffff);
+        self.after_detection(a, true, u2 & 0xffff_ffff, rng);
     }
 
     #[inline]
