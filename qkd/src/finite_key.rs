@@ -64,7 +64,10 @@ impl DecoyParams {
         }
         let sum: f64 = self.p.iter().sum();
         if (sum - 1.0).abs() > 1e-9 {
-            return Err(InvalidInput::new("p", format!("probabilities sum to {sum}, not 1 (tolerance 1e-9)")));
+            return Err(InvalidInput::new(
+                "p",
+                format!("probabilities sum to {sum}, not 1 (tolerance 1e-9)"),
+            ));
         }
         Ok(())
     }
@@ -132,10 +135,16 @@ impl BoundInput {
         for (name, c) in [("key", &self.key), ("test", &self.test)] {
             for (k, (&n, &m)) in c.n.iter().zip(&c.m).enumerate() {
                 if !(n.is_finite() && n >= 0.0) {
-                    return Err(InvalidInput::new(format!("{name}.n"), format!("n[{k}] = {n} must be a number ≥ 0")));
+                    return Err(InvalidInput::new(
+                        format!("{name}.n"),
+                        format!("n[{k}] = {n} must be a number ≥ 0"),
+                    ));
                 }
                 if !(m.is_finite() && m >= 0.0) {
-                    return Err(InvalidInput::new(format!("{name}.m"), format!("m[{k}] = {m} must be a number ≥ 0")));
+                    return Err(InvalidInput::new(
+                        format!("{name}.m"),
+                        format!("m[{k}] = {m} must be a number ≥ 0"),
+                    ));
                 }
                 if m > n {
                     return Err(InvalidInput::new(
@@ -157,7 +166,13 @@ impl BoundInput {
     }
 
     /// Builds an input from sifted counts.
-    pub fn from_counts(params: DecoyParams, counts: &DecoyCounts, eps_sec: f64, eps_cor: f64, lambda_ec: f64) -> Self {
+    pub fn from_counts(
+        params: DecoyParams,
+        counts: &DecoyCounts,
+        eps_sec: f64,
+        eps_cor: f64,
+        lambda_ec: f64,
+    ) -> Self {
         Self { params, key: counts.key, test: counts.test, eps_sec, eps_cor, lambda_ec }
     }
 }
@@ -238,7 +253,11 @@ pub fn evaluate(input: &BoundInput, dev: Deviations) -> Result<BoundOutput, Inva
     } else {
         let b = (v1 / test_s1).min(0.5);
         // Eq. (5): φ_Z ≤ v_{X,1}/s_{X,1} + γ(ε_sec, v_{X,1}/s_{X,1}, s_{X,1}, s_{Z,1}).
-        let g = if finite { gamma(input.eps_sec, if b > 0.0 { b } else { 1.0 / test_s1 }, test_s1, s1) } else { 0.0 };
+        let g = if finite {
+            gamma(input.eps_sec, if b > 0.0 { b } else { 1.0 / test_s1 }, test_s1, s1)
+        } else {
+            0.0
+        };
         (b + g).min(0.5)
     };
 
@@ -340,7 +359,9 @@ mod tests {
     fn equation_one_terms_are_charged_exactly() {
         let inp = input_for(1e-2, 1e10, 0.0);
         let o = finite_key(&inp).unwrap();
-        let raw = o.s0 + o.s1 * (1.0 - binary_entropy(o.phi)) - 6.0 * (21.0f64 / 1e-10).log2() - (2.0f64 / 1e-15).log2();
+        let raw = o.s0 + o.s1 * (1.0 - binary_entropy(o.phi))
+            - 6.0 * (21.0f64 / 1e-10).log2()
+            - (2.0f64 / 1e-15).log2();
         assert_eq!(o.ell, raw.floor() as u64);
         // leakage reduces ℓ bit for bit
         let o2 = finite_key(&BoundInput { lambda_ec: 1000.0, ..inp }).unwrap();

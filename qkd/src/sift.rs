@@ -79,7 +79,10 @@ pub fn announce(detections: &[DetectionRecord]) -> Announcement {
     let mut bases = BitBlock::zeros(detections.len());
     let words = bases.words_mut();
     for (i, d) in detections.iter().enumerate() {
-        assert!(gates.last().is_none_or(|&g| g < d.gate), "detections must be in strictly increasing gate order");
+        assert!(
+            gates.last().is_none_or(|&g| g < d.gate),
+            "detections must be in strictly increasing gate order"
+        );
         gates.push(d.gate);
         words[i / 64] |= ((d.basis == Basis::X) as u64) << (i % 64);
     }
@@ -179,10 +182,16 @@ pub struct SenderSifted {
 /// The sender's side of sifting: `pulses[i]` is the pulse record of announced detection
 /// `i` after the driver's gate→pulse translation (`None` when the source has no record for
 /// it, which discards the detection).
-pub fn answer(ann: &Announcement, pulses: &[Option<PulseRecord>]) -> Result<(SiftAnswer, SenderSifted), InvalidInput> {
+pub fn answer(
+    ann: &Announcement,
+    pulses: &[Option<PulseRecord>],
+) -> Result<(SiftAnswer, SenderSifted), InvalidInput> {
     ann.validate()?;
     if pulses.len() != ann.len() {
-        return Err(InvalidInput::new("pulses", format!("{} pulse records for {} detections", pulses.len(), ann.len())));
+        return Err(InvalidInput::new(
+            "pulses",
+            format!("{} pulse records for {} detections", pulses.len(), ann.len()),
+        ));
     }
     let mut codes = vec![0u8; ann.len().div_ceil(4)];
     let mut test_bits = BitBlock::zeros(0);
@@ -221,7 +230,10 @@ pub struct ReceiverSifted {
 
 /// The receiver's side: applies the sender's answer to its own detections (the same list
 /// it announced, in the same order) and compares the disclosed test-basis bits.
-pub fn apply_answer(detections: &[DetectionRecord], ans: &SiftAnswer) -> Result<ReceiverSifted, InvalidInput> {
+pub fn apply_answer(
+    detections: &[DetectionRecord],
+    ans: &SiftAnswer,
+) -> Result<ReceiverSifted, InvalidInput> {
     if ans.codes.len() != detections.len().div_ceil(4) {
         return Err(InvalidInput::new(
             "answer.codes",
@@ -229,7 +241,9 @@ pub fn apply_answer(detections: &[DetectionRecord], ans: &SiftAnswer) -> Result<
         ));
     }
     // Padding codes beyond the last detection must be zero: a strict parser leaves no slack.
-    if !detections.len().is_multiple_of(4) && ans.codes.last().is_some_and(|&b| b >> (2 * (detections.len() % 4)) != 0) {
+    if !detections.len().is_multiple_of(4)
+        && ans.codes.last().is_some_and(|&b| b >> (2 * (detections.len() % 4)) != 0)
+    {
         return Err(InvalidInput::new("answer.codes", "non-zero padding after the last code"));
     }
     let mut out = ReceiverSifted::default();
@@ -248,7 +262,10 @@ pub fn apply_answer(detections: &[DetectionRecord], ans: &SiftAnswer) -> Result<
             }
             Basis::X => {
                 if t >= ans.test_bits.len() {
-                    return Err(InvalidInput::new("answer.test_bits", "fewer test bits than matched test detections"));
+                    return Err(InvalidInput::new(
+                        "answer.test_bits",
+                        "fewer test bits than matched test detections",
+                    ));
                 }
                 out.counts.test.n[k.index()] += 1.0;
                 if ans.test_bits.get(t) != d.bit {

@@ -154,7 +154,8 @@ fn restarts_never_reuse_a_pad_or_hash_key() {
     p.restart_olt(23);
     let rest = quantum(2 * block_bits * 4, 0.02, false, 24);
     let shift = 1 << 40;
-    let dets: Vec<_> = rest.detections.iter().map(|d| qpon_qkd::DetectionRecord { gate: d.gate + shift, ..*d }).collect();
+    let dets: Vec<_> =
+        rest.detections.iter().map(|d| qpon_qkd::DetectionRecord { gate: d.gate + shift, ..*d }).collect();
     for (g, r) in &rest.pulses {
         p.pulses.insert(g + shift, qpon_qkd::PulseRecord { pulse: g + shift, ..*r });
     }
@@ -228,8 +229,11 @@ fn any_flipped_bit_is_refused() {
                     Direction::Downstream => &p.onu_refused,
                     Direction::Upstream => &p.olt_refused,
                 };
-                let aborted_by_tag =
-                    p.onu_events.iter().chain(&p.olt_events).any(|e| matches!(e, Event::Aborted { by_peer: false, .. }));
+                let aborted_by_tag = p
+                    .onu_events
+                    .iter()
+                    .chain(&p.olt_events)
+                    .any(|e| matches!(e, Event::Aborted { by_peer: false, .. }));
                 assert!(
                     !refused.is_empty() || aborted_by_tag,
                     "{policy:?} {dir:?} frame {idx} bit {bit}: tampering went unnoticed"
@@ -239,7 +243,8 @@ fn any_flipped_bit_is_refused() {
                 }
                 let olt = Pair::blocks(&p.olt_events);
                 for (id, k, _) in Pair::blocks(&p.onu_events) {
-                    let (_, ko, _) = olt.iter().find(|(i, _, _)| *i == id).expect("ONU block unknown to the OLT");
+                    let (_, ko, _) =
+                        olt.iter().find(|(i, _, _)| *i == id).expect("ONU block unknown to the OLT");
                     assert_eq!(&k, ko, "keys differ after tampering");
                 }
                 assert_eq!(p.olt_ledger.find_reuse(), None);
@@ -280,17 +285,12 @@ fn garbage_is_refused_without_disturbing_the_session() {
     for _ in 0..50 {
         p.step();
     }
-    let garbage: Vec<Vec<u8>> = vec![
-        vec![],
-        vec![1; 10],
-        vec![2; 40],
-        {
-            // a header claiming a huge body
-            let mut f = vec![1u8, 1, 0, 7, 0, 0, 0xff, 0xff, 0xff, 0xff];
-            f.resize(60, 0);
-            f
-        },
-    ];
+    let garbage: Vec<Vec<u8>> = vec![vec![], vec![1; 10], vec![2; 40], {
+        // a header claiming a huge body
+        let mut f = vec![1u8, 1, 0, 7, 0, 0, 0xff, 0xff, 0xff, 0xff];
+        f.resize(60, 0);
+        f
+    }];
     for g in garbage {
         assert!(p.onu.handle_frame(p.now, &g).is_err());
         assert!(p.olt.handle_frame(p.now, &g).is_err());
@@ -314,7 +314,11 @@ fn auth_reserve_exhaustion_stops_the_session_with_an_alarm() {
     p.restart_onu();
     p.olt.handle_detections(p.now, &q.detections);
     p.drive(100_000);
-    let stopped = p.olt_events.iter().chain(&p.onu_events).any(|e| matches!(e, Event::Stopped(AbortReason::AuthReserveLow)));
+    let stopped = p
+        .olt_events
+        .iter()
+        .chain(&p.onu_events)
+        .any(|e| matches!(e, Event::Stopped(AbortReason::AuthReserveLow)));
     assert!(stopped, "{:?}", p.olt_events);
     assert!(p.olt_events.iter().chain(&p.onu_events).any(|e| matches!(e, Event::Alarm(_))));
     assert_eq!(p.olt_ledger.find_reuse(), None);

@@ -33,9 +33,13 @@ fn mean_block_agrees(r: &qpon_sim::pon::PonReport, p: &qpon_sim::planning::RateR
     let ons: Vec<_> = r.onus.iter().filter(|o| !skip.contains(&o.onu) && o.blocks > 0).collect();
     let bits: u64 = ons.iter().map(|o| o.secret_bits).sum();
     let blocks: u64 = ons.iter().map(|o| o.blocks).sum();
-    let planned: f64 = ons.iter().map(|o| p.onus[o.onu].bits_per_block as f64).sum::<f64>() / ons.len() as f64;
+    let planned: f64 =
+        ons.iter().map(|o| p.onus[o.onu].bits_per_block as f64).sum::<f64>() / ons.len() as f64;
     let mean = bits as f64 / blocks as f64;
-    assert!(mean > 0.92 * planned && mean < 1.12 * planned, "mean {mean:.0} bits per block vs planned {planned:.0}");
+    assert!(
+        mean > 0.92 * planned && mean < 1.12 * planned,
+        "mean {mean:.0} bits per block vs planned {planned:.0}"
+    );
 }
 
 #[test]

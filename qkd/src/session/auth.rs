@@ -164,7 +164,11 @@ impl MemoryLedger {
 
 impl AuthLedger for MemoryLedger {
     fn record(&mut self, onu: u16, entry: LedgerEntry) -> Result<(), AuthError> {
-        self.0.lock().map_err(|_| AuthError::Ledger("ledger lock poisoned".into()))?.entries.push((onu, entry));
+        self.0
+            .lock()
+            .map_err(|_| AuthError::Ledger("ledger lock poisoned".into()))?
+            .entries
+            .push((onu, entry));
         Ok(())
     }
 

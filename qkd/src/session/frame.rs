@@ -146,7 +146,11 @@ impl<T: AsRef<[u8]>> Frame<T> {
 
     /// Direction.
     pub fn direction(&self) -> Direction {
-        if self.buffer.as_ref()[field::FLAGS] & FLAG_UPSTREAM != 0 { Direction::Upstream } else { Direction::Downstream }
+        if self.buffer.as_ref()[field::FLAGS] & FLAG_UPSTREAM != 0 {
+            Direction::Upstream
+        } else {
+            Direction::Downstream
+        }
     }
 
     /// True when the frame carries a tag.
@@ -249,7 +253,16 @@ impl FrameRepr {
 impl<T: AsRef<[u8]>> fmt::Display for Frame<T> {
     /// A one-line summary in the style of tcpdump (never the body).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "qpon v{} onu={} {:?} seq={} kind={} len={}", VERSION, self.onu(), self.direction(), self.seq(), self.kind(), self.body().len())?;
+        write!(
+            f,
+            "qpon v{} onu={} {:?} seq={} kind={} len={}",
+            VERSION,
+            self.onu(),
+            self.direction(),
+            self.seq(),
+            self.kind(),
+            self.body().len()
+        )?;
         if self.tagged() {
             write!(f, " epoch={} pad={} tag_len={}", self.epoch(), self.pad_index(), self.tag().len())?;
         }
@@ -263,7 +276,8 @@ mod tests {
     use proptest::prelude::*;
 
     static FRAME_BYTES: [u8; 30 + 3 + 4] = [
-        0x01, 0x07, 0x00, 0x2a, 0x03, 0x04, 0x00, 0x00, 0x00, 0x03, // version kind onu flags tag_len body_len
+        0x01, 0x07, 0x00, 0x2a, 0x03, 0x04, 0x00, 0x00, 0x00,
+        0x03, // version kind onu flags tag_len body_len
         0, 0, 0, 0, 0, 0, 0x01, 0x02, // seq = 258
         0, 0, 0, 0x05, // epoch 5
         0, 0, 0, 0, 0, 0, 0, 0x09, // pad 9
@@ -284,7 +298,8 @@ mod tests {
 
     #[test]
     fn test_emit() {
-        let repr = FrameRepr { kind: 7, onu: 42, direction: Direction::Upstream, seq: 258, auth: Some((5, 9, 4)) };
+        let repr =
+            FrameRepr { kind: 7, onu: 42, direction: Direction::Upstream, seq: 258, auth: Some((5, 9, 4)) };
         let mut out = Vec::new();
         repr.emit_header_and_body(&[0xaa, 0xbb, 0xcc], &mut out);
         out.extend_from_slice(&[0xde, 0xad, 0xbe, 0xef]);

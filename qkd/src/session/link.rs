@@ -42,7 +42,10 @@ impl AuthPolicy {
         match self {
             AuthPolicy::PerMessage => true,
             AuthPolicy::PerPhase => {
-                matches!(msg, Message::Estimate(_) | Message::Finish(_) | Message::Ack(_) | Message::Confirm(_))
+                matches!(
+                    msg,
+                    Message::Estimate(_) | Message::Finish(_) | Message::Ack(_) | Message::Confirm(_)
+                )
             }
         }
     }
@@ -244,15 +247,20 @@ impl Link {
             return Err(LinkError::AuthWindow { epoch: e32, pad: 0 });
         }
         if epoch > hw {
-            self.ledger.record(self.onu, LedgerEntry::Skipped { stream: Stream::HashKeys, from: hw, to: epoch })?;
+            self.ledger
+                .record(self.onu, LedgerEntry::Skipped { stream: Stream::HashKeys, from: hw, to: epoch })?;
         }
-        self.ledger
-            .record(self.onu, LedgerEntry::Used { stream: Stream::HashKeys, index: epoch, purpose: Purpose::HashKey })?;
+        self.ledger.record(
+            self.onu,
+            LedgerEntry::Used { stream: Stream::HashKeys, index: epoch, purpose: Purpose::HashKey },
+        )?;
         let key = self.material.take(Stream::HashKeys, epoch, HASH_KEY_LEN)?;
         self.auth_bits_spent += 8 * HASH_KEY_LEN as u64;
         self.min_epoch = epoch;
         let wc = WegmanCarter::new(self.family, HashKey::new(key)).map_err(|e| match e {
-            MacError::WeakKey => LinkError::Auth(AuthError::Ledger("hash key from the reserve is zero".into())),
+            MacError::WeakKey => {
+                LinkError::Auth(AuthError::Ledger("hash key from the reserve is zero".into()))
+            }
             _ => LinkError::BadTag,
         })?;
         self.mac = Some((e32, wc));
@@ -316,7 +324,9 @@ impl Link {
         let mut out = Vec::new();
         let auth = if tagged {
             let Some((epoch, _)) = self.mac.as_ref() else {
-                return Err(LinkError::Auth(AuthError::Ledger("no hash key loaded for a tagged frame".into())));
+                return Err(LinkError::Auth(AuthError::Ledger(
+                    "no hash key loaded for a tagged frame".into(),
+                )));
             };
             let stream = Stream::Pads(self.dir);
             let index = self.ledger.high_water(self.onu, stream);
@@ -324,7 +334,8 @@ impl Link {
         } else {
             None
         };
-        let repr = FrameRepr { kind: msg.kind(), onu: self.onu, direction: self.dir, seq: self.next_seq, auth };
+        let repr =
+            FrameRepr { kind: msg.kind(), onu: self.onu, direction: self.dir, seq: self.next_seq, auth };
         repr.emit_header_and_body(&body, &mut out);
         if let Some((_, index, _)) = auth {
             let stream = Stream::Pads(self.dir);
@@ -364,12 +375,13 @@ impl Link {
             return Err(LinkError::WrongEndpoint { onu: repr.onu, dir: repr.direction, expected: self.onu });
         }
         if let Some((last, last_bytes)) = &self.last_recv
-            && repr.seq <= *last {
-                if repr.seq == *last && last_bytes.as_slice() == bytes {
-                    return Ok(Received::Duplicate);
-                }
-                return Err(LinkError::Replay { got: repr.seq, last: *last });
+            && repr.seq <= *last
+        {
+            if repr.seq == *last && last_bytes.as_slice() == bytes {
+                return Ok(Received::Duplicate);
             }
+            return Err(LinkError::Replay { got: repr.seq, last: *last });
+        }
         let msg = Message::decode(repr.kind, repr.direction, frame.body())?;
         if msg.block() < self.block {
             return Err(LinkError::StaleBlock { got: msg.block(), current: self.block });
@@ -396,7 +408,11 @@ impl Link {
                 let stream = Stream::Pads(repr.direction);
                 let hw = self.ledger.high_water(self.onu, stream);
                 let e = u64::from(epoch);
-                if index < hw || index > hw + MAX_AHEAD || e < self.min_epoch || e > self.min_epoch + MAX_AHEAD {
+                if index < hw
+                    || index > hw + MAX_AHEAD
+                    || e < self.min_epoch
+                    || e > self.min_epoch + MAX_AHEAD
+                {
                     restore(self);
                     return Err(LinkError::AuthWindow { epoch, pad: index });
                 }
@@ -409,7 +425,10 @@ impl Link {
                 };
                 let start = self.transcript.len();
                 self.transcript.extend_from_slice(frame.authenticated_bytes());
-                let ok = self.mac.as_ref().is_some_and(|(_, wc)| wc.verify(&self.transcript, &pad, frame.tag()).is_ok());
+                let ok = self
+                    .mac
+                    .as_ref()
+                    .is_some_and(|(_, wc)| wc.verify(&self.transcript, &pad, frame.tag()).is_ok());
                 if !ok {
                     restore(self);
                     // Refresh the hash key after any rejected tag (DESIGN.md §3 item 9).

@@ -64,7 +64,10 @@ pub struct OltSession<R: CryptoRng> {
 
 impl<R: CryptoRng> core::fmt::Debug for OltSession<R> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("OltSession").field("onu", &self.cfg.onu).field("block", &self.block).finish_non_exhaustive()
+        f.debug_struct("OltSession")
+            .field("onu", &self.cfg.onu)
+            .field("block", &self.block)
+            .finish_non_exhaustive()
     }
 }
 
@@ -73,7 +76,15 @@ impl<R: CryptoRng> OltSession<R> {
     /// committed shares), its pad ledger, and the RNG for public random choices (the OS
     /// RNG on hardware).
     pub fn new(cfg: SessionConfig, material: AuthMaterial, ledger: Box<dyn AuthLedger>, rng: R) -> Self {
-        let link = Link::new(cfg.onu, Direction::Downstream, cfg.auth_policy, cfg.mac, cfg.max_body, material, ledger);
+        let link = Link::new(
+            cfg.onu,
+            Direction::Downstream,
+            cfg.auth_policy,
+            cfg.mac,
+            cfg.max_body,
+            material,
+            ledger,
+        );
         Self {
             cfg,
             link,
@@ -169,7 +180,9 @@ impl<R: CryptoRng> OltSession<R> {
         }
         let rt = self.in_flight.as_ref().map(|f| f.deadline);
         let sift = match &self.state {
-            State::Sifting(acc) if acc.outstanding.is_none() && !self.pending.is_empty() => self.sift_deadline,
+            State::Sifting(acc) if acc.outstanding.is_none() && !self.pending.is_empty() => {
+                self.sift_deadline
+            }
             _ => None,
         };
         match (rt, sift) {
@@ -184,16 +197,17 @@ impl<R: CryptoRng> OltSession<R> {
             return;
         }
         if let Some(f) = self.in_flight.as_mut()
-            && now >= f.deadline {
-                if f.retries >= self.cfg.max_retries {
-                    self.in_flight = None;
-                    self.abort_block(now, AbortReason::Timeout, false, true);
-                } else {
-                    f.retries += 1;
-                    f.deadline = now + self.cfg.rto;
-                    self.outbox.push_back(f.bytes.clone());
-                }
+            && now >= f.deadline
+        {
+            if f.retries >= self.cfg.max_retries {
+                self.in_flight = None;
+                self.abort_block(now, AbortReason::Timeout, false, true);
+            } else {
+                f.retries += 1;
+                f.deadline = now + self.cfg.rto;
+                self.outbox.push_back(f.bytes.clone());
             }
+        }
         if self.sift_deadline.is_some_and(|d| now >= d) {
             self.try_announce(now);
         }
@@ -218,7 +232,10 @@ impl<R: CryptoRng> OltSession<R> {
         };
         if msg.block() != self.block {
             // An answer to an earlier block (e.g. a late retransmission): stale, ignored.
-            return Err(SessionError::Unexpected { got: msg.name(), expected: "a message of the current block" });
+            return Err(SessionError::Unexpected {
+                got: msg.name(),
+                expected: "a message of the current block",
+            });
         }
         match msg {
             Message::SiftAnswer(a) => self.on_sift_answer(now, a),
@@ -245,7 +262,8 @@ impl<R: CryptoRng> OltSession<R> {
     fn send(&mut self, now: Instant, msg: &Message, expect_reply: bool) -> Result<(), LinkError> {
         let bytes = self.link.send(msg)?;
         if expect_reply {
-            self.in_flight = Some(InFlight { bytes: bytes.clone(), deadline: now + self.cfg.rto, retries: 0 });
+            self.in_flight =
+                Some(InFlight { bytes: bytes.clone(), deadline: now + self.cfg.rto, retries: 0 });
         }
         self.outbox.push_back(bytes);
         Ok(())
@@ -270,7 +288,12 @@ impl<R: CryptoRng> OltSession<R> {
             gate_deltas.push(if i == 0 { g } else { g - prev });
             prev = g;
         }
-        let msg = Message::Announce(Announce { block: self.block, batch: acc.batch, gate_deltas, bases: ann.bases });
+        let msg = Message::Announce(Announce {
+            block: self.block,
+            batch: acc.batch,
+            gate_deltas,
+            bases: ann.bases,
+        });
         acc.batch += 1;
         acc.outstanding = Some(dets);
         self.sift_deadline = if self.pending.is_empty() { None } else { Some(now + self.cfg.sift_interval) };
@@ -317,7 +340,8 @@ impl<R: CryptoRng> OltSession<R> {
         if reason == AbortReason::AuthReserveLow {
             self.events.push_back(Event::Alarm(Alarm::AuthReserveLow));
         }
-        let _ = self.send(now, &Message::AbortDown(Abort { block: self.block, reason: reason.clone() }), false);
+        let _ =
+            self.send(now, &Message::AbortDown(Abort { block: self.block, reason: reason.clone() }), false);
         self.in_flight = None;
         self.state = State::Stopped;
         self.events.push_back(Event::Stopped(reason));
@@ -337,7 +361,11 @@ impl<R: CryptoRng> OltSession<R> {
             return;
         }
         if tell_peer {
-            let _ = self.send(now, &Message::AbortDown(Abort { block: self.block, reason: reason.clone() }), false);
+            let _ = self.send(
+                now,
+                &Message::AbortDown(Abort { block: self.block, reason: reason.clone() }),
+                false,
+            );
         }
         self.events.push_back(Event::Aborted { block: self.block, reason, by_peer });
         self.refresh_epoch = true;
@@ -360,12 +388,19 @@ impl<R: CryptoRng> OltSession<R> {
             return Err(SessionError::Unexpected { got: "sift_answer", expected: self.expecting() });
         };
         if acc.batch == 0 || a.batch != acc.batch - 1 {
-            return Err(SessionError::Unexpected { got: "sift_answer", expected: "the answer to the last batch" });
+            return Err(SessionError::Unexpected {
+                got: "sift_answer",
+                expected: "the answer to the last batch",
+            });
         }
         let Some(dets) = acc.outstanding.as_ref() else {
-            return Err(SessionError::Unexpected { got: "sift_answer", expected: "no answer (nothing outstanding)" });
+            return Err(SessionError::Unexpected {
+                got: "sift_answer",
+                expected: "no answer (nothing outstanding)",
+            });
         };
-        let rx = sift::apply_answer(dets, &a.answer).map_err(|e| SessionError::PeerMisbehaved(e.to_string()))?;
+        let rx =
+            sift::apply_answer(dets, &a.answer).map_err(|e| SessionError::PeerMisbehaved(e.to_string()))?;
         acc.outstanding = None;
         self.in_flight = None;
         acc.key.bits.extend_from(&rx.key.bits);
@@ -414,13 +449,18 @@ impl<R: CryptoRng> OltSession<R> {
                 self.fail(now, e);
                 return;
             }
-            self.events.push_back(Event::Aborted { block: self.block, reason: AbortReason::PrecheckNoKey, by_peer: false });
+            self.events.push_back(Event::Aborted {
+                block: self.block,
+                reason: AbortReason::PrecheckNoKey,
+                by_peer: false,
+            });
             self.next_block(now);
             return;
         }
         let qber = q_test.clamp(MIN_PLANNING_QBER, MAX_PLANNING_QBER);
-        let corrector = Schedule::for_qber(qber, n)
-            .and_then(|s| CascadeCorrector::new(acc.key.bits.clone(), s, &mut self.rng, self.cfg.cascade.clone()));
+        let corrector = Schedule::for_qber(qber, n).and_then(|s| {
+            CascadeCorrector::new(acc.key.bits.clone(), s, &mut self.rng, self.cfg.cascade.clone())
+        });
         let mut corrector = match corrector {
             Ok(c) => Box::new(c),
             Err(_) => {
@@ -438,12 +478,19 @@ impl<R: CryptoRng> OltSession<R> {
         }
     }
 
-    fn on_reconcile_answer(&mut self, now: Instant, a: super::message::ReconcileAnswer) -> Result<(), SessionError> {
+    fn on_reconcile_answer(
+        &mut self,
+        now: Instant,
+        a: super::message::ReconcileAnswer,
+    ) -> Result<(), SessionError> {
         let State::Reconciling { corrector, .. } = &mut self.state else {
             return Err(SessionError::Unexpected { got: "reconcile_answer", expected: self.expecting() });
         };
         if a.replies.len() != 1 {
-            return Err(SessionError::PeerMisbehaved(format!("{} reconciliation replies, expected 1", a.replies.len())));
+            return Err(SessionError::PeerMisbehaved(format!(
+                "{} reconciliation replies, expected 1",
+                a.replies.len()
+            )));
         }
         // A reply that does not fit is refused without changing anything; the request is
         // retransmitted on the timer.
@@ -462,7 +509,9 @@ impl<R: CryptoRng> OltSession<R> {
         }
         if corrector.is_finished() {
             self.finish_block(now, requests);
-        } else if let Err(e) = self.send(now, &Message::Reconcile(Reconcile { block: self.block, requests }), true) {
+        } else if let Err(e) =
+            self.send(now, &Message::Reconcile(Reconcile { block: self.block, requests }), true)
+        {
             self.fail(now, e);
         }
         Ok(())
@@ -470,7 +519,8 @@ impl<R: CryptoRng> OltSession<R> {
 
     /// Verification, key length, privacy amplification, and the `Finish` message.
     fn finish_block(&mut self, now: Instant, done: Vec<crate::reconcile::ReconcileRequest>) {
-        let State::Reconciling { acc, corrector } = core::mem::replace(&mut self.state, State::Stopped) else {
+        let State::Reconciling { acc, corrector } = core::mem::replace(&mut self.state, State::Stopped)
+        else {
             return;
         };
         let rec = match corrector.finish() {
@@ -560,7 +610,8 @@ impl<R: CryptoRng> OltSession<R> {
             return Err(SessionError::PeerMisbehaved("confirm names another block".into()));
         }
         self.in_flight = None;
-        let State::AwaitConfirm { key, block_id, mut stats } = core::mem::replace(&mut self.state, State::Stopped)
+        let State::AwaitConfirm { key, block_id, mut stats } =
+            core::mem::replace(&mut self.state, State::Stopped)
         else {
             unreachable!("matched above")
         };

@@ -4,7 +4,9 @@
 use super::auth::{AuthLedger, AuthMaterial};
 use super::frame::Direction;
 use super::link::{Link, LinkError, Received};
-use super::message::{Abort, AbortReason, Ack, Announce, Confirm, Estimate, Finish, Message, ReconcileAnswer};
+use super::message::{
+    Abort, AbortReason, Ack, Announce, Confirm, Estimate, Finish, Message, ReconcileAnswer,
+};
 use super::{Alarm, BlockStats, Event, KeyBlock, SessionConfig, SessionError};
 use crate::bits::BitBlock;
 use crate::finite_key::{BoundInput, finite_key};
@@ -30,7 +32,11 @@ enum State {
     /// No block in progress.
     Idle,
     Sifting(SenderAcc),
-    Reconciling { key: BitBlock, counts: DecoyCounts, responder: Box<CascadeResponder> },
+    Reconciling {
+        key: BitBlock,
+        counts: DecoyCounts,
+        responder: Box<CascadeResponder>,
+    },
     Stopped,
 }
 
@@ -57,7 +63,10 @@ pub struct OnuSession {
 
 impl core::fmt::Debug for OnuSession {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("OnuSession").field("onu", &self.cfg.onu).field("block", &self.block).finish_non_exhaustive()
+        f.debug_struct("OnuSession")
+            .field("onu", &self.cfg.onu)
+            .field("block", &self.block)
+            .finish_non_exhaustive()
     }
 }
 
@@ -65,7 +74,8 @@ impl OnuSession {
     /// A session for `cfg.onu` with its authentication material and pad ledger. The ONU
     /// makes no random choices.
     pub fn new(cfg: SessionConfig, material: AuthMaterial, ledger: Box<dyn AuthLedger>) -> Self {
-        let link = Link::new(cfg.onu, Direction::Upstream, cfg.auth_policy, cfg.mac, cfg.max_body, material, ledger);
+        let link =
+            Link::new(cfg.onu, Direction::Upstream, cfg.auth_policy, cfg.mac, cfg.max_body, material, ledger);
         Self {
             cfg,
             link,
@@ -202,7 +212,10 @@ impl OnuSession {
 
     fn on_announce(&mut self, a: Announce) -> Result<(), SessionError> {
         if a.block < self.block {
-            return Err(SessionError::Unexpected { got: "announce", expected: "a message of the current block" });
+            return Err(SessionError::Unexpected {
+                got: "announce",
+                expected: "a message of the current block",
+            });
         }
         if a.block > self.block || matches!(self.state, State::Idle) {
             if a.batch != 0 {
@@ -210,7 +223,11 @@ impl OnuSession {
             }
             if a.block > self.block && !matches!(self.state, State::Idle) {
                 // The OLT moved on without us hearing its abort.
-                self.events.push_back(Event::Aborted { block: self.block, reason: AbortReason::Timeout, by_peer: true });
+                self.events.push_back(Event::Aborted {
+                    block: self.block,
+                    reason: AbortReason::Timeout,
+                    by_peer: true,
+                });
             }
             self.block = a.block;
             self.block_auth_start = self.link.auth_bits_spent();
@@ -223,7 +240,10 @@ impl OnuSession {
             self.state = State::Sifting(SenderAcc::default());
         }
         let State::Sifting(acc) = &mut self.state else {
-            return Err(SessionError::Unexpected { got: "announce", expected: "a message of the current phase" });
+            return Err(SessionError::Unexpected {
+                got: "announce",
+                expected: "a message of the current phase",
+            });
         };
         if a.batch != acc.batch || acc.awaiting.is_some() {
             return Err(SessionError::Unexpected { got: "announce", expected: "the next sift batch" });
@@ -234,7 +254,11 @@ impl OnuSession {
             if i > 0 && d == 0 {
                 return Err(SessionError::PeerMisbehaved("announced gates not strictly increasing".into()));
             }
-            g = if i == 0 { d } else { g.checked_add(d).ok_or(SessionError::PeerMisbehaved("gate overflow".into()))? };
+            g = if i == 0 {
+                d
+            } else {
+                g.checked_add(d).ok_or(SessionError::PeerMisbehaved("gate overflow".into()))?
+            };
             gates.push(g);
         }
         let ann = Announcement { gates, bases: a.bases };
@@ -272,7 +296,8 @@ impl OnuSession {
         if *req != request {
             return Err(SessionError::ApiMisuse("pulses for a request that is no longer open"));
         }
-        let (answer, tx) = sift::answer(ann, records).map_err(|_| SessionError::ApiMisuse("pulse count differs"))?;
+        let (answer, tx) =
+            sift::answer(ann, records).map_err(|_| SessionError::ApiMisuse("pulse count differs"))?;
         acc.awaiting = None;
         acc.key.bits.extend_from(&tx.key.bits);
         acc.key.intensities.extend_from_slice(&tx.key.intensities);
@@ -311,7 +336,10 @@ impl OnuSession {
             return Err(SessionError::Unexpected { got: "estimate", expected: "sift batches" });
         };
         if acc.awaiting.is_some() {
-            return Err(SessionError::Unexpected { got: "estimate", expected: "the answer to the open batch first" });
+            return Err(SessionError::Unexpected {
+                got: "estimate",
+                expected: "the answer to the open batch first",
+            });
         }
         self.settle_pending(e.last_committed);
         let State::Sifting(acc) = &self.state else { unreachable!("checked above") };
@@ -344,7 +372,10 @@ impl OnuSession {
     /// Answers reconciliation requests (one reply expected per flight).
     fn on_requests(&mut self, requests: &[ReconcileRequest]) -> Result<(), SessionError> {
         let State::Reconciling { responder, .. } = &mut self.state else {
-            return Err(SessionError::Unexpected { got: "reconcile", expected: "reconciliation to be running" });
+            return Err(SessionError::Unexpected {
+                got: "reconcile",
+                expected: "reconciliation to be running",
+            });
         };
         let mut replies: Vec<ReconcileReply> = Vec::new();
         for r in requests {
@@ -376,7 +407,8 @@ impl OnuSession {
             self.abort(AbortReason::ReconciliationFailed);
             return Ok(());
         }
-        let State::Reconciling { key, counts, responder } = core::mem::replace(&mut self.state, State::Idle) else {
+        let State::Reconciling { key, counts, responder } = core::mem::replace(&mut self.state, State::Idle)
+        else {
             // on_requests aborted the block
             return Ok(());
         };
@@ -391,8 +423,10 @@ impl OnuSession {
             return Ok(());
         }
         // Recompute ℓ ourselves from the authenticated counts and our own leakage count.
-        let lambda = responder.leaked_bits() as f64 + verification::excess_leakage_bits(tag_bits, self.cfg.eps_cor);
-        let input = BoundInput::from_counts(self.cfg.decoy, &counts, self.cfg.eps_sec, self.cfg.eps_cor, lambda);
+        let lambda =
+            responder.leaked_bits() as f64 + verification::excess_leakage_bits(tag_bits, self.cfg.eps_cor);
+        let input =
+            BoundInput::from_counts(self.cfg.decoy, &counts, self.cfg.eps_sec, self.cfg.eps_cor, lambda);
         let share_bits = 8 * self.cfg.auth_share_bytes as u64;
         let bound = match finite_key(&input) {
             Ok(o) if o.ell == f.ell && o.ell > share_bits => o,

@@ -6,7 +6,9 @@
 use qpon_qkd::records::{Basis, DetectionFlags, DetectionRecord, Intensity, PulseRecord};
 use qpon_qkd::rng::{ChaCha20Rng, seeded};
 use qpon_qkd::secret::SecretBytes;
-use qpon_qkd::session::{AuthMaterial, Direction, Event, MemoryLedger, OltSession, OnuSession, SessionConfig};
+use qpon_qkd::session::{
+    AuthMaterial, Direction, Event, MemoryLedger, OltSession, OnuSession, SessionConfig,
+};
 use qpon_qkd::time::{Duration, Instant};
 use rand::RngExt;
 use std::collections::{HashMap, VecDeque};
@@ -53,7 +55,12 @@ pub fn quantum(n: usize, qber: f64, eve: bool, seed: u64) -> Quantum {
         } else {
             rng.random()
         };
-        detections.push(DetectionRecord { gate, basis: rx_basis, bit: rx_bit, flags: DetectionFlags::default() });
+        detections.push(DetectionRecord {
+            gate,
+            basis: rx_basis,
+            bit: rx_bit,
+            flags: DetectionFlags::default(),
+        });
         pulses.insert(gate, PulseRecord { pulse: gate, basis: tx_basis, bit, intensity: k });
     }
     Quantum { detections, pulses }
@@ -147,7 +154,11 @@ impl Pair {
 
     /// Restarts the ONU session likewise.
     pub fn restart_onu(&mut self) {
-        self.onu = OnuSession::new(self.cfg.clone(), AuthMaterial::from_psk(&self.psk), Box::new(self.onu_ledger.clone()));
+        self.onu = OnuSession::new(
+            self.cfg.clone(),
+            AuthMaterial::from_psk(&self.psk),
+            Box::new(self.onu_ledger.clone()),
+        );
         self.olt.reset_link(self.now);
         self.to_olt.clear();
         self.to_onu.clear();
@@ -208,30 +219,34 @@ impl Pair {
     pub fn step(&mut self) -> bool {
         self.pump_outputs();
         if let Some((at, _)) = self.to_onu.front()
-            && *at <= self.now {
-                let (_, f) = self.to_onu.pop_front().unwrap();
-                if let Err(e) = self.onu.handle_frame(self.now, &f) {
-                    self.onu_refused.push(e.to_string());
-                }
-                return true;
+            && *at <= self.now
+        {
+            let (_, f) = self.to_onu.pop_front().unwrap();
+            if let Err(e) = self.onu.handle_frame(self.now, &f) {
+                self.onu_refused.push(e.to_string());
             }
+            return true;
+        }
         if let Some((at, _)) = self.to_olt.front()
-            && *at <= self.now {
-                let (_, f) = self.to_olt.pop_front().unwrap();
-                if let Err(e) = self.olt.handle_frame(self.now, &f) {
-                    self.olt_refused.push(e.to_string());
-                }
-                return true;
+            && *at <= self.now
+        {
+            let (_, f) = self.to_olt.pop_front().unwrap();
+            if let Err(e) = self.olt.handle_frame(self.now, &f) {
+                self.olt_refused.push(e.to_string());
             }
+            return true;
+        }
         if let Some(t) = self.olt.poll_timeout()
-            && t <= self.now {
-                self.olt.handle_timeout(self.now);
-                return true;
-            }
-        let next = [self.to_onu.front().map(|x| x.0), self.to_olt.front().map(|x| x.0), self.olt.poll_timeout()]
-            .into_iter()
-            .flatten()
-            .min();
+            && t <= self.now
+        {
+            self.olt.handle_timeout(self.now);
+            return true;
+        }
+        let next =
+            [self.to_onu.front().map(|x| x.0), self.to_olt.front().map(|x| x.0), self.olt.poll_timeout()]
+                .into_iter()
+                .flatten()
+                .min();
         match next {
             Some(t) => {
                 self.now = t.max(self.now);
