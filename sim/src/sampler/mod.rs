@@ -117,11 +117,15 @@ impl TryRng for FastRng {
 /// Exp(1) variates drawn per batch.
 const EBUF: usize = 256;
 
+/// 1.5·2⁵²: for 0 ≤ x < 2³¹, the low 32 bits of `(x + ROUND_MAGIC).to_bits()` are x
+/// rounded to the nearest integer.
+const ROUND_MAGIC: f64 = 6755399441055744.0;
+
 /// "No such gate": beyond every horizon.
 const NEVER: u64 = u64::MAX;
 
 /// A candidate click, with what its detection needs to know of its segment.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 struct Cand {
     gate: u64,
     /// The owner's pulse index at the gate (when `owner` is not `IDLE`).
@@ -180,32 +184,42 @@ impl Alias {
     }
 }
 
-/// What a detection needs, packed into three cache lines: the click-conditional alias
-/// table over the twelve categories (`ka[i]` = keep threshold, scaled to 2³², in the low
-/// 33 bits | alias << 33) and, per category, P(correct only | click) scaled to 2³⁰.
+/// What a detection needs, packed into 104 bytes (with the ONU's record list, two cache
+/// lines): the click-conditional alias table over the twelve categories (keep thresholds
+/// scaled to 2³², aliases as 4-bit fields) and, per category, P(correct only | click)
+/// scaled to 2³⁰.
 #[derive(Clone, Debug)]
-#[repr(C, align(64))]
+#[repr(C)]
 struct ClickDraw {
-    ka: [u64; CATS],
+    /// Keep category i when the low 32 bits are below `keep[i]`. An entry kept with
+    /// probability 1 (threshold 2³²) is stored as 2³² − 1 with itself as its alias.
+    keep: [u32; CATS],
+    /// Bits 4i..4i+4: category i's alias.
+    alias: u64,
     c: [u32; CATS],
 }
 
 impl ClickDraw {
     fn new(a: &Alias, c: [u32; CATS]) -> ClickDraw {
-        let mut ka = [0u64; CATS];
-        for (i, x) in ka.iter_mut().enumerate() {
-            *x = a.keep[i] | (u64::from(a.alias[i]) << 33);
+        let mut keep = [0u32; CATS];
+        let mut alias = 0u64;
+        for (i, k) in keep.iter_mut().enumerate() {
+            let (t, al) = match u32::try_from(a.keep[i]) {
+                Ok(t) => (t, a.alias[i]),
+                Err(_) => (u32::MAX, i as u8),
+            };
+            *k = t;
+            alias |= u64::from(al) << (4 * i);
         }
-        ClickDraw { ka, c }
+        ClickDraw { keep, alias, c }
     }
 
     /// The category of a click, from 64 random bits (as [`Alias::sample`]).
     #[inline(always)]
     fn sample(&self, u: u64) -> usize {
         let i = (((u >> 32) * CATS as u64) >> 32) as usize;
-        let e = self.ka[i];
-        let a = (e >> 33) as usize;
-        let keep = ((u & 0xffff_ffff) < (e & ((1 << 33) - 1))) as usize;
+        let a = ((self.alias >> (4 * i)) & 15) as usize;
+        let keep = ((u as u32) < self.keep[i]) as usize;
         a ^ ((i ^ a) & keep.wrapping_neg())
     }
 }
@@ -213,7 +227,6 @@ impl ClickDraw {
 /// Per-ONU sampling tables.
 #[derive(Clone, Debug)]
 struct OnuTables {
-    click: ClickDraw,
     /// P(wrong only | click, not correct only), scaled to 2⁶⁴ (saturating), per category.
     w: [u64; CATS],
     no_click: Alias,
@@ -222,7 +235,7 @@ struct OnuTables {
 }
 
 impl OnuTables {
-    fn new(t: &CellTable) -> OnuTables {
+    fn new(t: &CellTable) -> (ClickDraw, OnuTables) {
         let mut wc = [0.0; CATS];
         let mut wn = [0.0; CATS];
         let mut c = [0u32; CATS];
@@ -243,13 +256,9 @@ impl OnuTables {
                 }
             }
         }
-        OnuTables {
-            click: ClickDraw::new(&Alias::new(&wc), c),
-            w,
-            no_click: Alias::new(&wn),
-            mean_click: t.mean_click(),
-            blinded: t.blinded,
-        }
+        let tables =
+            OnuTables { w, no_click: Alias::new(&wn), mean_click: t.mean_click(), blinded: t.blinded };
+        (ClickDraw::new(&Alias::new(&wc), c), tables)
     }
 }
 
@@ -274,7 +283,7 @@ struct Seg {
     owner: u32,
     /// Inverse of the hazard per gate −ln(1 − D̄) (0 when the hazard is 0).
     inv_lambda: f64,
-    /// Equalisation delay of the owner during this frame.
+    /// Equalisation delay of the owner during this frame (0 for idle segments).
     delay: u64,
     /// Clicks here spawn afterpulses / afterpulses here are detected.
     ap: bool,
@@ -282,13 +291,15 @@ struct Seg {
 
 const IDLE: u32 = u32::MAX;
 
-/// Per-ONU state (the fields a detection touches first, together).
+/// Per-ONU state (the fields a detection touches first, together: `click` and `records`
+/// fill the first two cache lines).
 #[derive(Debug)]
-#[repr(C)]
+#[repr(C, align(64))]
 struct OnuState {
-    tables: OnuTables,
+    click: ClickDraw,
     /// Records of the pulses that caused or received a detection, in pulse order.
     records: Vec<PulseRecord>,
+    tables: OnuTables,
     /// Schedules in force, by the frame they start at (the first one from frame 0).
     history: Vec<SourceSchedule>,
     /// Schedules waiting for their frame.
@@ -341,9 +352,10 @@ pub struct Sampler {
     segs: Vec<Seg>,
     /// Cumulative hazard at the start of each segment (one more entry: the frame's total).
     hcum: Vec<f64>,
-    /// Bucket index over the frame's hazard (M = 4 buckets per segment): `buckets[b]` is
-    /// the first segment whose cumulative hazard at its end exceeds b·H/M, so a lookup
-    /// starts at its answer (or, rarely, just before it).
+    /// Bucket index over the frame's hazard (M = 4 buckets per segment, M + 1 entries):
+    /// `buckets[b]` is the first segment whose cumulative hazard at its end exceeds
+    /// (b − ½)·H/M (less a margin), so a lookup at t, b = round(t·M/H), starts at its
+    /// answer (or, rarely, just before it).
     buckets: Vec<u32>,
     /// M / H.
     bucket_scale: f64,
@@ -354,9 +366,11 @@ pub struct Sampler {
     blinded_per_frame: u64,
     /// Horizon: every gate below it has been generated.
     pos: u64,
-    /// Candidate clicks generated and not yet consumed: `cand[cand_i..]`, in gate order.
+    /// Candidate clicks generated and not yet consumed: `cand[cand_i..cand_n]`, in gate
+    /// order (`cand` is kept at its full size, so the generator writes by index).
     cand: Vec<Cand>,
     cand_i: usize,
+    cand_n: usize,
     /// Candidates are generated for every gate below this (a frame boundary, or `NEVER`
     /// when no gate will ever click), …
     gen_gate: u64,
@@ -366,7 +380,9 @@ pub struct Sampler {
     live_from: u64,
     /// Afterpulses waiting, in gate order.
     pending_ap: Vec<u64>,
-    last_det: Option<u64>,
+    /// Detections in gates below this are in the afterpulse window of the last detection:
+    /// last detection + dead time + window + 1 (0 before the first detection).
+    flag_until: u64,
     out: Vec<DetectionRecord>,
     counters: Counters,
 }
@@ -399,8 +415,10 @@ impl Sampler {
         let onus = tabs
             .iter()
             .enumerate()
-            .map(|(i, t)| OnuState {
-                tables: OnuTables::new(t),
+            .map(|(i, t)| (i, OnuTables::new(t)))
+            .map(|(i, (click, tables))| OnuState {
+                click,
+                tables,
                 history: vec![SourceSchedule {
                     from_frame: 0,
                     frame_gates: map.frame_gates,
@@ -440,11 +458,12 @@ impl Sampler {
             pos: 0,
             cand: Vec::new(),
             cand_i: 0,
+            cand_n: 0,
             gen_gate: 0,
             e_res: 0.0,
             live_from: 0,
             pending_ap: Vec::new(),
-            last_det: None,
+            flag_until: 0,
             out: Vec::new(),
             counters: Counters::default(),
         };
@@ -456,9 +475,7 @@ impl Sampler {
     #[inline]
     fn exp(&mut self) -> f64 {
         if self.ebuf_i == EBUF {
-            for x in self.ebuf.iter_mut() {
-                *x = Exp1.sample(&mut self.erng);
-            }
+            refill_exp(&mut self.erng, &mut self.ebuf[..]);
             self.ebuf_i = 0;
         }
         self.ebuf_i += 1;
@@ -514,8 +531,10 @@ impl Sampler {
         self.buckets.clear();
         self.bucket_scale = if self.frame_hazard > 0.0 { m as f64 / self.frame_hazard } else { 0.0 };
         let mut j = 0usize;
-        for b in 0..m {
-            let h = b as f64 * self.frame_hazard / m as f64;
+        // Lookups round t·M/H to the nearest integer b, so t·M/H ≥ b − ½: bucket b starts
+        // (with a margin for rounding) half a bucket early.
+        for b in 0..=m {
+            let h = (b as f64 - 0.53) * self.frame_hazard / m as f64;
             while j + 1 < self.segs.len() && self.hcum[j + 1] <= h {
                 j += 1;
             }
@@ -536,7 +555,13 @@ impl Sampler {
 
     /// Takes the detection records generated so far (in gate order).
     pub fn take_detections(&mut self, out: &mut Vec<DetectionRecord>) {
-        out.append(&mut self.out);
+        if out.is_empty() {
+            // Hand over the buffer instead of copying it (the caller's empty one, with
+            // its capacity, becomes the next buffer).
+            std::mem::swap(out, &mut self.out);
+        } else {
+            out.append(&mut self.out);
+        }
     }
 
     /// Number of detection records generated and not yet taken.
@@ -605,11 +630,11 @@ impl Sampler {
         // A local copy of the generator stays in registers across the record writes.
         let mut rng = self.rng.clone();
         loop {
-            if self.cand_i == self.cand.len() {
+            if self.cand_i == self.cand_n {
                 // Generate the next frame once every afterpulse before it is handled (the
                 // segment table may change with the frame).
                 if self.gen_gate < until && self.pending_ap.first().is_none_or(|&a| a >= self.gen_gate) {
-                    self.cand.clear();
+                    self.cand_n = 0;
                     self.cand_i = 0;
                     self.generate();
                     continue;
@@ -626,7 +651,7 @@ impl Sampler {
                 }
                 continue;
             }
-            let c = self.cand.get(self.cand_i).map_or(NEVER, |c| c.gate);
+            let c = if self.cand_i < self.cand_n { self.cand[self.cand_i].gate } else { NEVER };
             let a = self.pending_ap.first().copied().unwrap_or(NEVER);
             if c.min(a) >= until {
                 break;
@@ -654,6 +679,9 @@ impl Sampler {
 
     /// Generates the candidate clicks of the frame starting at `gen_gate`, or skips the
     /// frames without any (at most up to the next schedule change).
+    ///
+    /// (Not inlined: once per frame, and on its own the loop keeps its state in registers.)
+    #[inline(never)]
     fn generate(&mut self) {
         let f = self.frame_gates;
         let frame = self.gen_gate / f;
@@ -679,40 +707,54 @@ impl Sampler {
         // candidates are written.
         let mut rng = self.erng.clone();
         let mut cand = std::mem::take(&mut self.cand);
+        if cand.len() < 64 {
+            cand.resize(64, Cand::default());
+        }
+        let mut n = self.cand_n;
         let ebuf = &mut self.ebuf[..];
         let mut ei = self.ebuf_i;
         let (segs, buckets) = (&self.segs[..], &self.buckets[..]);
         let scale = self.bucket_scale;
-        let last_bucket = buckets.len() - 1;
         let mut t = self.e_res;
-        while t < h {
-            // (Conversions through i64 are cheaper than to unsigned; the values are ≥ 0.)
-            let b = ((t * scale) as i64 as usize).min(last_bucket);
-            // t < H = the last segment's h1, so j stays in range; the loop rarely runs
-            // more than once.
-            let mut j = buckets[b] as usize;
-            while segs[j].h1 <= t {
-                j += 1;
-            }
-            let s = &segs[j];
-            let o = ((t - s.h0) * s.inv_lambda).max(0.0) as i64 as u64;
-            let g = s.start + o.min(s.end - s.start - 1);
-            let gate = base + g;
-            let (owner, pulse) =
-                if s.owner != IDLE && gate >= s.delay { (s.owner, gate - s.delay) } else { (IDLE, 0) };
-            cand.push(Cand { gate, pulse, owner, ap: s.ap });
-            if ei == EBUF {
-                for x in ebuf.iter_mut() {
-                    *x = Exp1.sample(&mut rng);
+        // The inner loop writes into a slice (its pointer and length stay in registers);
+        // when the slice is full, the outer one doubles it.
+        loop {
+            let out = &mut cand[..];
+            while t < h && n < out.len() {
+                // round(t·M/H) by the 1.5·2⁵² trick (0 ≤ t·M/H ≤ M < 2³¹): no float-to-integer
+                // conversion.
+                let b = ((t * scale + ROUND_MAGIC).to_bits() as u32) as usize;
+                // t < H = the last segment's h1, so j stays in range; the loop rarely runs
+                // more than once.
+                let mut j = buckets[b] as usize;
+                while segs[j].h1 <= t {
+                    j += 1;
                 }
-                ei = 0;
+                let s = &segs[j];
+                let o = ((t - s.h0) * s.inv_lambda).max(0.0) as i64 as u64;
+                let g = s.start + o.min(s.end - s.start - 1);
+                let gate = base + g;
+                // (Idle segments have delay 0, so their candidates stay idle.)
+                let owner = if gate >= s.delay { s.owner } else { IDLE };
+                out[n] = Cand { gate, pulse: gate.wrapping_sub(s.delay), owner, ap: s.ap };
+                n += 1;
+                if ei == EBUF {
+                    refill_exp(&mut rng, ebuf);
+                    ei = 0;
+                }
+                t += ebuf[ei];
+                ei += 1;
             }
-            t += ebuf[ei];
-            ei += 1;
+            if t >= h {
+                break;
+            }
+            let len = cand.len();
+            cand.resize(2 * len, Cand::default());
         }
         self.erng = rng;
         self.ebuf_i = ei;
         self.cand = cand;
+        self.cand_n = n;
         self.e_res = t - h;
         self.gen_gate = base + f;
     }
@@ -725,17 +767,14 @@ impl Sampler {
 
     #[inline]
     fn flags_for(&self, gate: u64) -> u8 {
-        match self.last_det {
-            Some(l) if gate - l <= self.dead + self.window => DetectionFlags::AFTERPULSE_WINDOW,
-            _ => 0,
-        }
+        if gate < self.flag_until { DetectionFlags::AFTERPULSE_WINDOW } else { 0 }
     }
 
     /// After a detection at `gate`: dead time and afterpulse.
     #[inline(always)]
     fn after_detection(&mut self, gate: u64, spawn: bool, u_ap: u64, rng: &mut FastRng) {
-        self.last_det = Some(gate);
         let resume = gate + self.dead + 1;
+        self.flag_until = resume.saturating_add(self.window);
         while self.pending_ap.first().is_some_and(|&a| a < resume) {
             self.pending_ap.remove(0);
         }
@@ -760,11 +799,11 @@ impl Sampler {
         let mut flags = self.flags_for(c);
         let (basis, bit) = if cand.owner != IDLE {
             let o = &mut self.onus[cand.owner as usize];
-            let cat = o.tables.click.sample(u1);
+            let cat = o.click.sample(u1);
             let (k, bs, br) = (cat / 4, (cat / 2) % 2, cat % 2);
             let x = (u2 >> 32) & 1 == 1;
             let level = (u2 >> 34) as u32;
-            let bit = if level < o.tables.click.c[cat] {
+            let bit = if level < o.click.c[cat] {
                 x
             } else {
                 let u3 = rng.next_u64();
@@ -913,6 +952,16 @@ impl Sampler {
     pub fn onus(&self) -> usize {
         self.onus.len()
     }
+}
+
+/// Refills `ebuf` with Exp(1) variates (kept out of the candidate loop).
+#[inline(never)]
+fn refill_exp(rng: &mut FastRng, ebuf: &mut [f64]) {
+    let mut r = rng.clone();
+    for x in ebuf.iter_mut() {
+        *x = Exp1.sample(&mut r);
+    }
+    *rng = r;
 }
 
 fn splitmix(mut z: u64) -> u64 {
