@@ -1,10 +1,12 @@
 //! The corrector: holds the noisy key, asks parity questions round by round, flips bits.
 
 use super::error::ReconcileError;
-use super::messages::{CascadeStart, ParityQuery, PassQuery, ReconcileDone, ReconcileReply, ReconcileRequest};
+use super::messages::{
+    CascadeStart, ParityQuery, PassQuery, ReconcileDone, ReconcileReply, ReconcileRequest,
+};
 use super::parity::{block_parities, get, set, toggle};
 use super::permutation::PassPermutation;
-use super::schedule::Schedule;
+use super::schedule::{Profile, Schedule};
 use super::tree::{Layout, split};
 use super::{Reconciled, Reconciler};
 use crate::bits::{BitBlock, words_for};
@@ -28,8 +30,16 @@ pub struct CascadeOptions {
 }
 
 impl Default for CascadeOptions {
+    /// The options [`Profile::Efficient`] was tuned with.
     fn default() -> Self {
-        Self { max_round_trips: 1000, start_next_percent: 20, probes: true }
+        Self::for_profile(Profile::Efficient)
+    }
+}
+
+impl CascadeOptions {
+    /// The options a schedule [`Profile`] was tuned with.
+    pub fn for_profile(profile: Profile) -> Self {
+        Self { max_round_trips: 1000, start_next_percent: profile.start_next_percent(), probes: true }
     }
 }
 
@@ -45,12 +55,15 @@ impl Default for CascadeOptions {
 /// the exact number of parity bits disclosed and the round trips.
 ///
 /// Each round, every block being bisected (in every pass started so far, see
-/// [`CascadeOptions::start_next_percent`], including blocks of earlier passes made odd again by a
-/// correction: the cascade) advances one bisection level, so a round is one message each
-/// way. Parities already known are reused, never asked again: a right half's parity is
-/// its parent's minus its left sibling's, the last block of passes after the first is
-/// inferred from the total parity, and a block made odd again restarts from the deepest
-/// known sub-block that is odd.
+/// [`CascadeOptions::start_next_percent`], including blocks of earlier passes made odd
+/// again by a correction: the cascade) advances one bisection level, so a round is one
+/// message each way. Parities already known are reused, never asked again (see the
+/// [module docs](super)).
+///
+/// Answers are trusted only as far as they must be: a bisection that ends on a padding
+/// bit or on a bit corrected before gives [`ReconcileError::Inconsistent`], and the
+/// limits ([`CascadeOptions::max_round_trips`], at most one flip per bit) bound the work
+/// a lying responder can cause.
 pub struct CascadeCorrector {
     key: BitBlock,
     n: usize,
@@ -109,6 +122,8 @@ struct Cursor {
     s: u32,
     e: u32,
     epoch: u32,
+    /// A probe in this node found a correct bit: bisect it instead.
+    probed: bool,
 }
 
 struct Pass {
@@ -123,7 +138,8 @@ struct Pass {
     /// Top-level blocks whose parity differs from the reference.
     odd: Vec<u64>,
     odd_count: u32,
-    /// Per internal node: the left child's reference parity is known ...
+    /// Per internal node (allocated on first answer): the left child's reference parity
+    /// is known ...
     asked: Vec<u64>,
     /// ... and is this.
     left_ref: Vec<u64>,
@@ -173,7 +189,6 @@ impl CascadeCorrector {
                 let perm = PassPermutation::generate(kind, &seed, p as u32, n, true);
                 let layout = Layout::new(n_perm, k);
                 let nbw = words_for(layout.nb as usize);
-                let slots = words_for(layout.internal_slots());
                 Pass {
                     layout,
                     perm,
@@ -183,8 +198,8 @@ impl CascadeCorrector {
                     top_known: false,
                     odd: vec![0; nbw],
                     odd_count: 0,
-                    asked: vec![0; slots],
-                    left_ref: vec![0; slots],
+                    asked: Vec::new(),
+                    left_ref: Vec::new(),
                     cursor: vec![Cursor::default(); layout.nb as usize],
                     epoch: vec![0; layout.nb as usize],
                     synced: 0,
@@ -231,7 +246,12 @@ impl CascadeCorrector {
         if self.phase != Phase::Finished {
             return Err(ReconcileError::NotFinished);
         }
-        Ok(Reconciled { key: self.key, leaked_bits: self.leaked, round_trips: self.rounds, corrected_bits: self.flips })
+        Ok(Reconciled {
+            key: self.key,
+            leaked_bits: self.leaked,
+            round_trips: self.rounds,
+            corrected_bits: self.flips,
+        })
     }
 
     /// Round 1: every top-level block of every pass, except the last block of each pass
@@ -243,7 +263,12 @@ impl CascadeCorrector {
             .enumerate()
             .filter_map(|(p, ps)| {
                 let count = if p == 0 { ps.layout.nb } else { ps.layout.nb - 1 };
-                (count > 0).then(|| PassQuery { pass: p as u16, top_first: 0, top_count: count, nodes: Vec::new() })
+                (count > 0).then(|| PassQuery {
+                    pass: p as u16,
+                    top_first: 0,
+                    top_count: count,
+                    nodes: Vec::new(),
+                })
             })
             .collect();
         ParityQuery { round: self.rounds + 1, passes }
@@ -261,12 +286,21 @@ impl CascadeCorrector {
             for &id in &pq.nodes {
                 let a = parities.get(i);
                 i += 1;
-                if let Some(&(_, _, j)) = self.probes.iter().find(|&&(q, leaf, _)| q == usize::from(pq.pass) && leaf == id) {
+                if let Some(&(_, _, j)) =
+                    self.probes.iter().find(|&&(q, leaf, _)| q == usize::from(pq.pass) && leaf == id)
+                {
                     let x = ps.perm.forward(j);
                     if (x as usize) < self.n && a != self.key.get(x as usize) {
                         self.confirmed.push(x);
+                    } else {
+                        ps.cursor[(id >> ps.layout.shift()) as usize].probed = true;
                     }
                     continue;
+                }
+                if ps.asked.is_empty() {
+                    let slots = words_for(ps.layout.internal_slots());
+                    ps.asked = vec![0; slots];
+                    ps.left_ref = vec![0; slots];
                 }
                 let idx = ps.layout.internal_index(ps.layout.parent(id));
                 set(&mut ps.asked, idx, true);
@@ -297,7 +331,7 @@ impl CascadeCorrector {
                 let ps = &self.passes[p];
                 let b = self.questions[p][qi] >> ps.layout.shift();
                 let c = ps.cursor[b as usize];
-                if c.e - c.s > PROBE_MAX_NODE {
+                if c.e - c.s > PROBE_MAX_NODE || c.probed {
                     continue;
                 }
                 let mut hit = None;
@@ -491,8 +525,10 @@ impl CascadeCorrector {
             }
             let idx = l.internal_index(id);
             let left = l.left_child(id);
-            if !get(&ps.asked, idx) {
-                ps.cursor[b as usize] = Cursor { id, s, e, epoch: ep };
+            if ps.asked.is_empty() || !get(&ps.asked, idx) {
+                if !(c.id == id && c.epoch == ep) {
+                    ps.cursor[b as usize] = Cursor { id, s, e, epoch: ep, probed: false };
+                }
                 return Ok(Some(left));
             }
             let m = split(s, e);
@@ -566,11 +602,6 @@ impl CascadeCorrector {
                     self.add_probes();
                 }
                 let q = self.next_query();
-                if std::env::var_os("CASCADE_TRACE").is_some() {
-                    let desc: Vec<String> = q.passes.iter().map(|p| format!("{}:{}", p.pass, p.nodes.len())).collect();
-                    let odd: Vec<u32> = self.passes.iter().map(|p| p.odd_count).collect();
-                    eprintln!("round {} flips {} probes {} ask {:?} odd {:?}", q.round, self.flips, self.probes.len(), desc, odd);
-                }
                 self.pending = q.clone();
                 self.phase = Phase::Await;
                 Ok(Some(ReconcileRequest::ParityQuery(q)))

@@ -30,7 +30,7 @@ pub(crate) fn block_parities(copy: &BitBlock, l: &Layout) -> Vec<u64> {
     let k = l.k as usize;
     let mut out = vec![0u64; words_for(nb)];
     let w = copy.words();
-    if k % 64 == 0 {
+    if k.is_multiple_of(64) {
         let kw = k / 64;
         for (b, chunk) in w.chunks(kw).enumerate().take(nb) {
             let x = chunk.iter().fold(0u64, |a, &y| a ^ y);
@@ -75,7 +75,11 @@ mod tests {
                 let p = block_parities(&key, &l);
                 for b in 0..l.nb {
                     let (s, e) = l.block_range(b);
-                    assert_eq!(get(&p, b as usize), key.parity_range(s as usize, e as usize), "n={n} k={k} b={b}");
+                    assert_eq!(
+                        get(&p, b as usize),
+                        key.parity_range(s as usize, e as usize),
+                        "n={n} k={k} b={b}"
+                    );
                 }
                 assert_eq!(p.len(), words_for(l.nb as usize));
             }

@@ -4,14 +4,23 @@
 //! (`ChaCha8Rng::from_seed(seed)` then `set_stream(p)`). A bounded draw `below(m)` is
 //! `(next_u32 · m) >> 32`. Then:
 //!
-//! * [`PermutationKind::WordSkew`], with `W = ⌈n/64⌉` words: `ρ[v]` for each word `v` is
-//!   one byte of successive `next_u64` outputs (little-endian, 8 per output) masked to 6
-//!   bits; then the 64 offsets `δ[0..64]`, each `below(W)`, redrawn while equal to an
-//!   earlier one (when `W ≥ 64`); then `σ`, a Fisher–Yates shuffle of `0..W`
-//!   (`for i in (1..W).rev() { swap(i, below(i+1)) }`). Permuted position `64·J + b`
-//!   holds original bit `c` of word `v`, where `v = (σ[J] + δ[b]) mod W` and
-//!   `c = (b − ρ[v]) mod 64`. Positions that land at or beyond `n` are padding (zero on
-//!   both sides).
+//! * [`PermutationKind::WordSkew`], with `W = ⌈n/64⌉` words:
+//!   1. `ρ[v]` for each word `v`: one byte of successive `next_u64` outputs
+//!      (little-endian, 8 per output) masked to 6 bits;
+//!   2. 12 shift stages `(Δ_i, M_i)`, each drawn as `Δ_i = below(W)` then `M_i`: the bit
+//!      planes `b` with bit `i` of `b` set for `i < 6`, `next_u64()` (not drawn for
+//!      `i < 6`) for `i ≥ 6`. Plane `b`'s offset is `δ[b] = Σ_{i : b ∈ M_i} Δ_i mod W`
+//!      (two planes sharing an offset is as likely as two bits sharing a word under a full
+//!      shuffle, and harmless);
+//!   3. `σ`, a Fisher–Yates shuffle of `0..W` (`for i in (1..W).rev() { swap(i,
+//!      below(i+1)) }`).
+//!
+//!   Permuted position `64·J + b` holds original bit `c` of word `v`, where
+//!   `v = (σ[J] + δ[b]) mod W` and `c = (b − ρ[v]) mod 64`. Positions that land at or
+//!   beyond `n` are padding (zero on both sides). Every word's bits go to 64 different
+//!   words, and the words are then shuffled, so any two bits end up in independent,
+//!   uniformly placed words, as with a full shuffle; applying it costs 12 word-wise
+//!   passes instead of a per-bit gather.
 //! * [`PermutationKind::FisherYates`]: `π`, a Fisher–Yates shuffle of `0..n` as above;
 //!   permuted position `j` holds original bit `π[j]`.
 //!
@@ -27,10 +36,34 @@ use rand_chacha::ChaCha8Rng;
 #[derive(Clone)]
 pub(crate) enum PassPermutation {
     /// See [`PermutationKind::WordSkew`].
-    WordSkew { w: u32, rho: Vec<u8>, delta: [u32; 64], sigma: Vec<u32>, sigma_inv: Vec<u32> },
+    WordSkew(Box<Skew>),
     /// See [`PermutationKind::FisherYates`]; `inv` is empty when not needed.
     FisherYates { perm: Vec<u32>, inv: Vec<u32> },
 }
+
+/// The tables of one word-skew permutation.
+#[derive(Clone)]
+pub(crate) struct Skew {
+    w: u32,
+    rho: Vec<u8>,
+    stages: [(u32, u64); STAGES],
+    delta: [u32; 64],
+    sigma: Vec<u32>,
+    sigma_inv: Vec<u32>,
+}
+
+/// Shift stages of the word skew.
+const STAGES: usize = 12;
+
+/// `PLANE_BIT[i]`: the bit planes `b` (0..64) with bit `i` of `b` set.
+const PLANE_BIT: [u64; 6] = [
+    0xAAAA_AAAA_AAAA_AAAA,
+    0xCCCC_CCCC_CCCC_CCCC,
+    0xF0F0_F0F0_F0F0_F0F0,
+    0xFF00_FF00_FF00_FF00,
+    0xFFFF_0000_FFFF_0000,
+    0xFFFF_FFFF_0000_0000,
+];
 
 #[inline]
 fn below(rng: &mut ChaCha8Rng, m: u32) -> u32 {
@@ -58,7 +91,13 @@ impl PassPermutation {
     /// Expands pass `pass`'s permutation of an `n`-bit key (`1 ≤ n ≤ MAX_BITS`). The
     /// inverse map is built only when `with_inverse` (the corrector needs it to propagate
     /// corrections; the responder does not).
-    pub(crate) fn generate(kind: PermutationKind, seed: &[u8; 32], pass: u32, n: usize, with_inverse: bool) -> Self {
+    pub(crate) fn generate(
+        kind: PermutationKind,
+        seed: &[u8; 32],
+        pass: u32,
+        n: usize,
+        with_inverse: bool,
+    ) -> Self {
         let mut rng = ChaCha8Rng::from_seed(*seed);
         rng.set_stream(u64::from(pass));
         match kind {
@@ -71,17 +110,21 @@ impl PassPermutation {
                         *x = y & 63;
                     }
                 }
+                let mut stages = [(0u32, 0u64); STAGES];
+                for (i, st) in stages.iter_mut().enumerate() {
+                    let d = below(&mut rng, w);
+                    let m = if i < 6 { PLANE_BIT[i] } else { rng.next_u64() };
+                    *st = (d, m);
+                }
                 let mut delta = [0u32; 64];
-                for i in 0..64 {
-                    let mut d = below(&mut rng, w);
-                    while w >= 64 && delta[..i].contains(&d) {
-                        d = below(&mut rng, w);
-                    }
-                    delta[i] = d;
+                for (b, dl) in delta.iter_mut().enumerate() {
+                    let sum: u64 =
+                        stages.iter().filter(|(_, m)| m >> b & 1 == 1).map(|&(d, _)| u64::from(d)).sum();
+                    *dl = (sum % u64::from(w)) as u32;
                 }
                 let sigma = fisher_yates(&mut rng, w);
                 let sigma_inv = if with_inverse { invert(&sigma) } else { Vec::new() };
-                PassPermutation::WordSkew { w, rho, delta, sigma, sigma_inv }
+                PassPermutation::WordSkew(Box::new(Skew { w, rho, stages, delta, sigma, sigma_inv }))
             }
             PermutationKind::FisherYates => {
                 let perm = fisher_yates(&mut rng, n as u32);
@@ -95,7 +138,8 @@ impl PassPermutation {
     #[inline]
     pub(crate) fn forward(&self, j: u32) -> u32 {
         match self {
-            PassPermutation::WordSkew { w, rho, delta, sigma, .. } => {
+            PassPermutation::WordSkew(sk) => {
+                let Skew { w, rho, delta, sigma, .. } = &**sk;
                 let (jw, b) = (j >> 6, j & 63);
                 let mut v = sigma[jw as usize] + delta[b as usize];
                 if v >= *w {
@@ -112,7 +156,8 @@ impl PassPermutation {
     #[inline]
     pub(crate) fn inverse(&self, x: u32) -> u32 {
         match self {
-            PassPermutation::WordSkew { w, rho, delta, sigma_inv, .. } => {
+            PassPermutation::WordSkew(sk) => {
+                let Skew { w, rho, delta, sigma_inv, .. } = &**sk;
                 let (v, c) = (x >> 6, x & 63);
                 let b = (c + u32::from(rho[v as usize])) & 63;
                 let d = delta[b as usize];
@@ -126,28 +171,30 @@ impl PassPermutation {
     /// The key in this pass's order (`permuted_len` bits).
     pub(crate) fn gather(&self, key: &BitBlock) -> BitBlock {
         match self {
-            PassPermutation::WordSkew { w, rho, delta, sigma, .. } => {
+            PassPermutation::WordSkew(sk) => {
+                let Skew { w, rho, stages, sigma, .. } = &**sk;
                 let w = *w as usize;
                 let src = key.words();
                 debug_assert_eq!(src.len(), w);
-                let rotated: Vec<u64> = src.iter().zip(rho).map(|(&x, &r)| x.rotate_left(u32::from(r))).collect();
-                let mut skewed = vec![0u64; w];
-                for (b, &d) in delta.iter().enumerate() {
-                    let m = 1u64 << b;
+                let mut a: Vec<u64> =
+                    src.iter().zip(rho).map(|(&x, &r)| x.rotate_left(u32::from(r))).collect();
+                let mut t = vec![0u64; w];
+                // Stage (Δ, M): the planes in M move Δ words down (cyclically).
+                for &(d, m) in stages {
                     let d = d as usize;
-                    let (lo, hi) = rotated.split_at(d);
-                    let (head, tail) = skewed.split_at_mut(w - d);
-                    for (o, &x) in head.iter_mut().zip(hi) {
-                        *o |= x & m;
+                    let (lo, hi) = a.split_at(d);
+                    let (t_head, t_tail) = t.split_at_mut(w - d);
+                    for ((o, &x), &y) in t_head.iter_mut().zip(&a[..w - d]).zip(hi) {
+                        *o = (x & !m) | (y & m);
                     }
-                    for (o, &x) in tail.iter_mut().zip(lo) {
-                        *o |= x & m;
+                    for ((o, &x), &y) in t_tail.iter_mut().zip(&a[w - d..]).zip(lo) {
+                        *o = (x & !m) | (y & m);
                     }
+                    std::mem::swap(&mut a, &mut t);
                 }
-                let out: Vec<u64> = sigma.iter().map(|&u| skewed[u as usize]).collect();
-                zeroize::Zeroize::zeroize(&mut skewed);
-                let mut rotated = rotated;
-                zeroize::Zeroize::zeroize(&mut rotated);
+                let out: Vec<u64> = sigma.iter().map(|&u| a[u as usize]).collect();
+                zeroize::Zeroize::zeroize(&mut a);
+                zeroize::Zeroize::zeroize(&mut t);
                 BitBlock::from_words(out, w * 64)
             }
             PassPermutation::FisherYates { perm, .. } => key.gather(perm),
@@ -210,6 +257,6 @@ mod tests {
         assert_eq!((f, g), (PINNED_SKEW.to_vec(), PINNED_FY.to_vec()));
     }
 
-    const PINNED_SKEW: [u32; 8] = [0; 8];
-    const PINNED_FY: [u32; 8] = [0; 8];
+    const PINNED_SKEW: [u32; 8] = [4915, 5540, 6174, 4028, 4420, 6639, 4247, 2094];
+    const PINNED_FY: [u32; 8] = [7954, 2419, 4570, 8060, 6788, 5929, 49, 5705];
 }

@@ -3,7 +3,9 @@
 
 use super::ReconcileResponder;
 use super::error::ReconcileError;
-use super::messages::{CascadeStart, ParityAnswer, ParityQuery, ReconcileDone, ReconcileReply, ReconcileRequest};
+use super::messages::{
+    CascadeStart, ParityAnswer, ParityQuery, ReconcileDone, ReconcileReply, ReconcileRequest,
+};
 use super::parity::{block_parities, get};
 use super::permutation::PassPermutation;
 use super::tree::Layout;
@@ -139,11 +141,17 @@ impl CascadeResponder {
                 ));
             }
             if pq.nodes.windows(2).any(|w| w[0] >= w[1]) {
-                return Err(ReconcileError::invalid("parity_query.nodes", "node ids not strictly increasing"));
+                return Err(ReconcileError::invalid(
+                    "parity_query.nodes",
+                    "node ids not strictly increasing",
+                ));
             }
             for &id in &pq.nodes {
                 let Some(r) = rp.layout.decode(id) else {
-                    return Err(ReconcileError::invalid("parity_query.nodes", format!("no node {id} in pass {}", pq.pass)));
+                    return Err(ReconcileError::invalid(
+                        "parity_query.nodes",
+                        format!("no node {id} in pass {}", pq.pass),
+                    ));
                 };
                 ranges.push(r);
             }

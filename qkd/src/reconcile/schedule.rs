@@ -16,18 +16,25 @@
 //! probability 1/2, and when it catches one, bisection plus the cascade into the small
 //! early blocks corrects it.
 //!
-//! With `α = log2(1/Q)`, the rule (tuned on 10⁵-bit frames, see the crate's
+//! With `α = log2(1/Q)`, the rule (tuned on 10⁵-bit frames with the crate's
 //! `reconcile_bench` example) is:
 //!
 //! | pass | block size |
 //! |---|---|
-//! | 1 | `2^round(α − 0.5)`, at least 8 |
-//! | 2 | `4 · k₁` |
-//! | 3 | `8 · k₂`, at most `N/4` |
+//! | 1 | `k₁ = 2^round(α − 0.5)`, at least 8 |
+//! | 2 | `4 · k₁` (`2 · k₁` for [`Profile::FewRounds`]) |
+//! | 3 | `64 · k₁` (`32 · k₁`) |
 //! | 4 … 16 | `⌈N/2⌉` (confirmation) |
 //!
-//! where `N` is the permuted length (the key length rounded up to whole words for the
-//! default [`PermutationKind::WordSkew`]).
+//! e.g. 64, 256, 4096 at Q = 1 %; 32, 128, 2048 at 2 %; 16, 64, 1024 at 5 %. Passes 2
+//! and 3 are dropped when their blocks would cover the whole key, and keys under 512 bits
+//! get fewer confirmation passes (`⌊log2 n⌋ − 2`). `N` is the permuted length (the key
+//! length rounded up to whole words for the default [`PermutationKind::WordSkew`]).
+//!
+//! The block sizes mostly trade disclosed bits against round trips: a second pass only
+//! twice the first cuts the cascade's back-and-forth between the two smallest block sizes
+//! (fewer rounds) but finds more errors at the price of the larger blocks
+//! ([`Profile`]).
 
 use super::error::ReconcileError;
 use serde::{Deserialize, Serialize};
@@ -39,8 +46,13 @@ pub const MAX_BITS: usize = 1 << 27;
 /// the responder allocate (one permuted copy of its key per pass).
 pub const MAX_PASSES: usize = 32;
 
-/// Total passes of the default schedule.
-pub const DEFAULT_PASSES: usize = 16;
+/// Confirmation passes (two blocks of half the key each) the default schedule ends with,
+/// for keys of 512 bits and more.
+pub const CONFIRMATION_PASSES: usize = 13;
+
+/// Expected errors per first-pass block from which the default rule keeps the second
+/// pass's blocks at twice (not four times) the first's.
+const DENSE_FIRST_BLOCK: f64 = 0.85;
 
 /// Lowest QBER the default rule plans for (a lower estimate is raised to it).
 pub const MIN_PLANNING_QBER: f64 = 1e-4;
@@ -48,6 +60,31 @@ pub const MIN_PLANNING_QBER: f64 = 1e-4;
 /// Highest QBER the default rule plans for (a higher estimate is lowered to it; beyond it
 /// BB84 yields no key anyway).
 pub const MAX_PLANNING_QBER: f64 = 0.25;
+
+/// What the default rule optimises for. Both meet f ≤ 1.10 on 10⁵-bit frames at 1–5 %
+/// QBER (see `reconcile_bench`); they trade disclosed bits against round trips.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Profile {
+    /// Fewest disclosed parities: passes of `k₁, 4k₁, 64k₁`; measured f ≈ 1.06–1.07 and
+    /// 70–80 round trips per 10⁵-bit frame. Use with [`Profile::start_next_percent`] = 50.
+    #[default]
+    Efficient,
+    /// Fewer round trips: passes of `k₁, 2k₁, 32k₁`; measured f ≈ 1.08–1.09 and about 50
+    /// round trips. Use with [`Profile::start_next_percent`] = 20.
+    FewRounds,
+}
+
+impl Profile {
+    /// The corrector's [`start_next_percent`](super::CascadeOptions::start_next_percent)
+    /// this profile was tuned with.
+    pub fn start_next_percent(self) -> u16 {
+        match self {
+            Profile::Efficient => 50,
+            Profile::FewRounds => 20,
+        }
+    }
+}
 
 /// How each pass's public permutation is built from the shared seed.
 ///
@@ -111,21 +148,60 @@ impl Schedule {
     ///
     /// # Errors
     /// As [`Schedule::for_qber`].
-    pub fn for_qber_with(qber: f64, n_bits: usize, permutation: PermutationKind) -> Result<Self, ReconcileError> {
+    pub fn for_qber_with(
+        qber: f64,
+        n_bits: usize,
+        permutation: PermutationKind,
+    ) -> Result<Self, ReconcileError> {
+        Self::for_profile(qber, n_bits, permutation, Profile::Efficient)
+    }
+
+    /// The rule of the module docs for a [`Profile`].
+    ///
+    /// # Errors
+    /// As [`Schedule::for_qber`].
+    pub fn for_profile(
+        qber: f64,
+        n_bits: usize,
+        permutation: PermutationKind,
+        profile: Profile,
+    ) -> Result<Self, ReconcileError> {
         if !qber.is_finite() || !(0.0..=0.5).contains(&qber) {
             return Err(ReconcileError::invalid("qber", format!("{qber} is not an error rate in 0..=0.5")));
         }
         check_len(n_bits)?;
         let q = qber.clamp(MIN_PLANNING_QBER, MAX_PLANNING_QBER);
         let n_perm = permutation.permuted_len(n_bits) as u64;
-        let alpha = (1.0 / q).log2();
-        let k1 = pow2((alpha - 0.5).round().max(3.0));
-        let k2 = k1 * 4;
-        let k3 = (k2 * 8).min(pow2_floor(n_perm / 4)).max(k2);
+        // About 0.7 expected errors per first block at low QBER, rising to 1 at 5 %.
+        let lambda = (0.7 + 10.0 * (q - 0.02)).clamp(0.7, 1.0);
+        // At least 8 bits, and no more first-pass blocks than half the key length (tiny
+        // keys, where padding would otherwise count).
+        let floor = n_perm.div_ceil((n_bits as u64 / 2).max(1)).next_power_of_two();
+        let k1 = pow2((lambda / q).log2().round().max(3.0)).max(floor).min(n_perm.max(2));
+        let mut sizes = vec![k1];
+        // With about one error per first block or more, a second block four times larger
+        // holds so many errors that the cascade between the two takes long chains of round
+        // trips; twice as large avoids that.
+        let dense = q * k1 as f64 >= DENSE_FIRST_BLOCK;
+        let (r2, r3) = match profile {
+            Profile::Efficient => (if dense { 2 } else { 4 }, 64),
+            Profile::FewRounds => (2, 32),
+        };
+        for k in [k1 * r2, k1 * r3] {
+            if k < n_perm {
+                sizes.push(k);
+            }
+        }
+        // Confirmation passes: two blocks each; fewer for tiny keys, whose every disclosed
+        // bit counts.
+        let confirmations = if n_bits >= 512 {
+            CONFIRMATION_PASSES
+        } else {
+            (n_bits.ilog2().saturating_sub(2) as usize).min(CONFIRMATION_PASSES)
+        };
         let half = n_perm.div_ceil(2).max(2);
-        let mut sizes = vec![k1, k2, k3];
-        sizes.resize(DEFAULT_PASSES, half);
-        let block_sizes = sizes.into_iter().map(|k| k.clamp(2, half.max(2)) as u32).collect();
+        sizes.extend(std::iter::repeat_n(half, confirmations));
+        let block_sizes = sizes.into_iter().map(|k| k.clamp(2, u64::from(u32::MAX)) as u32).collect();
         Ok(Self { block_sizes, permutation })
     }
 
@@ -174,10 +250,6 @@ fn pow2(e: f64) -> u64 {
     1u64 << (e as u32).min(40)
 }
 
-fn pow2_floor(x: u64) -> u64 {
-    if x == 0 { 1 } else { 1 << (63 - x.leading_zeros()) }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,12 +257,21 @@ mod tests {
     #[test]
     fn default_schedule_shape() {
         let s = Schedule::for_qber(0.01, 100_000).unwrap();
-        assert_eq!(s.passes(), DEFAULT_PASSES);
-        assert_eq!(&s.block_sizes[..3], &[128, 512, 4096]);
+        assert_eq!(s.passes(), 3 + CONFIRMATION_PASSES);
+        assert_eq!(&s.block_sizes[..3], &[64, 256, 4096]);
         assert!(s.block_sizes[3..].iter().all(|&k| k == 50_016));
-        let s = Schedule::for_qber(0.05, 100_000).unwrap();
-        assert_eq!(s.block_sizes[0], 16);
+        assert_eq!(&Schedule::for_qber(0.02, 100_000).unwrap().block_sizes[..3], &[32, 128, 2048]);
+        assert_eq!(&Schedule::for_qber(0.05, 100_000).unwrap().block_sizes[..3], &[16, 64, 1024]);
+        let s = Schedule::for_qber_with(0.05, 100_000, PermutationKind::FisherYates).unwrap();
+        assert_eq!(s.block_sizes[3], 50_000);
         s.validate(100_000).unwrap();
+        // tiny keys: no pass that covers everything twice, few confirmations
+        assert_eq!(Schedule::for_qber(0.05, 1).unwrap().block_sizes, vec![64]);
+        assert_eq!(Schedule::for_qber(0.05, 63).unwrap().block_sizes, vec![16, 32, 32, 32]);
+        assert_eq!(
+            Schedule::for_qber_with(0.05, 1, PermutationKind::FisherYates).unwrap().block_sizes,
+            vec![2]
+        );
     }
 
     #[test]

@@ -99,6 +99,12 @@ impl Layout {
         }
         let (mut s, mut e) = self.block_range(b);
         let level = 31 - h.leading_zeros();
+        if e - s == self.k && self.k.is_power_of_two() {
+            // A full power-of-two block halves exactly: no walk needed.
+            let size = self.k >> level;
+            let s = s + ((h - (1 << level)) << (self.depth - level));
+            return Some((s, s + size));
+        }
         for i in (0..level).rev() {
             if e - s < 2 {
                 return None;
@@ -121,7 +127,9 @@ mod tests {
     /// Every node reachable by halving decodes to its range; children and parents agree.
     #[test]
     fn numbering_round_trips() {
-        for (n, k) in [(1u32, 1u32), (1, 2), (7, 2), (100, 16), (100, 7), (1000, 1000), (1000, 5000), (129, 64)] {
+        for (n, k) in
+            [(1u32, 1u32), (1, 2), (7, 2), (100, 16), (100, 7), (1000, 1000), (1000, 5000), (129, 64)]
+        {
             let l = Layout::new(n, k);
             let mut seen = 0u64;
             for b in 0..l.nb {
