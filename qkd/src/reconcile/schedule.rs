@@ -16,14 +16,13 @@
 //! probability 1/2, and when it catches one, bisection plus the cascade into the small
 //! early blocks corrects it.
 //!
-//! With `α = log2(1/Q)`, the rule (tuned on 10⁵-bit frames with the crate's
-//! `reconcile_bench` example) is:
+//! The rule (tuned on 10⁵-bit frames with the crate's `reconcile_bench` example) is:
 //!
 //! | pass | block size |
 //! |---|---|
-//! | 1 | `k₁ = 2^round(α − 0.5)`, at least 8 |
-//! | 2 | `4 · k₁` (`2 · k₁` for [`Profile::FewRounds`]) |
-//! | 3 | `64 · k₁` (`32 · k₁`) |
+//! | 1 | `k₁ = 2^round(log2(λ/Q))`, at least 8, with `λ = 0.7 + 10·(Q − 0.02)` clamped to `0.7..=1` expected errors per block |
+//! | 2 | `4 · k₁`, or `2 · k₁` when `Q·k₁ ≥ 0.85` or for [`Profile::FewRounds`] |
+//! | 3 | `64 · k₁` (`32 · k₁` for [`Profile::FewRounds`]) |
 //! | 4 … 16 | `⌈N/2⌉` (confirmation) |
 //!
 //! e.g. 64, 256, 4096 at Q = 1 %; 32, 128, 2048 at 2 %; 16, 64, 1024 at 5 %. Passes 2
