@@ -17,11 +17,6 @@ pub struct OnuStats {
     pub secret_bits: u64,
     /// Sifted key bits in finished blocks.
     pub sifted_bits: u64,
-    /// Test-basis errors and detections summed over finished and aborted blocks that got
-    /// as far as estimation (for the QBER).
-    pub test_errors: f64,
-    /// See `test_errors`.
-    pub test_detections: f64,
     /// Key-basis errors corrected by reconciliation, summed over finished blocks.
     pub key_errors: u64,
     /// Aborted blocks by reason.
