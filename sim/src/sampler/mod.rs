@@ -17,12 +17,15 @@
 //! The candidates then become detections in gate order: one in a gate where the receiver
 //! is dead (within `dead_time` gates of the last detection) is dropped, which is exact
 //! because the gates after a dead window are independent of everything before it. At a
-//! detection the sampler draws the intensity class and both bases jointly from the
-//! click-conditional distribution (an alias table), the encoded bit, and the detector
-//! outcome (correct, wrong, double) from the model's conditional probabilities; it stores
-//! the ONU's pulse record and emits the detection record. With probability p_ap a
-//! detection queues an afterpulse `dead_time + 1 + m` gates later (m from the afterpulse
-//! kernel); an afterpulse that lands in a live gate is a detection with a random bit, on
+//! detection in an ONU's gate one 64-bit word settles everything: its top 32 bits draw the
+//! intensity class, both bases and the detector outcome (correct, wrong, double) jointly
+//! from the click-conditional distribution (one alias table over 12 × 3 entries, shared by
+//! the ONUs whose tables are equal, so that it stays in L1), and its low bits give the
+//! encoded bit, the bit of a double click and the afterpulse decision — no data-dependent
+//! branch (a basis mismatch makes the outcome a coin flip, which a branch mispredicts).
+//! The sampler stores the ONU's pulse record and emits the detection record. With
+//! probability p_ap a detection queues an afterpulse `dead_time + 1 + m` gates later (m
+//! from the afterpulse kernel); an afterpulse that lands in a live gate is a detection with a random bit, on
 //! whatever pulse owns that gate — the same ONU's or the next slot's.
 //!
 //! Pulses that did not click are never generated. If an ONU is asked about one, its record
@@ -38,8 +41,8 @@
 //! candidate process where it takes effect with a fresh variate, which is exact because
 //! gates are independent.
 //!
-//! Probabilities are resolved to 2⁻³⁰ or better (2⁻³² for the class/basis draw and the
-//! afterpulse decision, 2⁻⁶⁴ for the rare wrong-versus-double branch).
+//! Probabilities are resolved to 2⁻³⁰ or better (2⁻³² for the joint class/basis/outcome
+//! draw and for dark counts in guard and idle gates, 2⁻³⁰ for the afterpulse decision).
 
 pub mod bench;
 
@@ -133,6 +136,8 @@ struct Cand {
     /// The ONU whose pulse it is, or `IDLE` (guard/idle gate, or before the owner's
     /// first pulse arrives).
     owner: u32,
+    /// The owner's click-draw table (an index into `Sampler::draws`).
+    draw: u16,
     /// The segment's `ap`.
     ap: bool,
 }
@@ -184,51 +189,73 @@ impl Alias {
     }
 }
 
-/// What a detection needs, packed into 104 bytes (with the ONU's record list, two cache
-/// lines): the click-conditional alias table over the twelve categories (keep thresholds
-/// scaled to 2³², aliases as 4-bit fields) and, per category, P(correct only | click)
-/// scaled to 2³⁰.
-#[derive(Clone, Debug)]
-#[repr(C)]
+/// Entries of a [`ClickDraw`]: twelve categories × three outcomes, padded to a power of
+/// two so that the entry index is six plain random bits.
+const DRAW_N: usize = 64;
+
+/// Outcomes of a click, as stored in a [`ClickDraw`] (bits 4–5 of an entry's `what`).
+const CORRECT: u8 = 0;
+const WRONG: u8 = 1;
+const DOUBLE: u8 = 2;
+
+/// What a detection needs: an alias table over the joint click-conditional distribution of
+/// (category, outcome) — the category k·4 + b_s·2 + b_r (bits 0–3 of `what`) and whether
+/// the receiver's bit is correct, wrong, or a double click (bits 4–5). One table lookup
+/// and 32 random bits settle all of it, where drawing the category, then the outcome, took
+/// three random words and a branch the predictor could not learn (a basis mismatch makes
+/// the outcome a coin flip). Entry i, from the top six bits, keeps its own `what` when the
+/// next 26 bits are below its threshold and takes its alias's otherwise: every probability
+/// is resolved to 2⁻⁶ · 2⁻²⁶ = 2⁻³².
+///
+/// ONUs with equal tables share one (`Sampler::draws`), so that in the usual PON —
+/// identical ONUs, or a few kinds — a detection reads tables that stay in L1 instead of a
+/// cold per-ONU line.
+#[derive(Clone, Debug, PartialEq, Eq)]
 struct ClickDraw {
-    /// Keep category i when the low 32 bits are below `keep[i]`. An entry kept with
-    /// probability 1 (threshold 2³²) is stored as 2³² − 1 with itself as its alias.
-    keep: [u32; CATS],
-    /// Bits 4i..4i+4: category i's alias.
-    alias: u64,
-    c: [u32; CATS],
+    /// Entry i: bits 0–31 the keep threshold (scaled to 2²⁶), bits 32–39 its own `what`,
+    /// bits 40–47 its alias's.
+    entry: [u64; DRAW_N],
 }
 
 impl ClickDraw {
-    fn new(a: &Alias, c: [u32; CATS]) -> ClickDraw {
-        let mut keep = [0u32; CATS];
-        let mut alias = 0u64;
-        for (i, k) in keep.iter_mut().enumerate() {
-            let (t, al) = match u32::try_from(a.keep[i]) {
-                Ok(t) => (t, a.alias[i]),
-                Err(_) => (u32::MAX, i as u8),
-            };
-            *k = t;
-            alias |= u64::from(al) << (4 * i);
+    /// From the joint weights, `w[cat·3 + outcome]` (any scale).
+    fn new(w: &[f64; CATS * 3]) -> ClickDraw {
+        const FULL: u64 = 1 << 26;
+        let what = |i: usize| -> u64 { if i < CATS * 3 { (((i % 3) << 4) | (i / 3)) as u64 } else { 0 } };
+        let sum: f64 = w.iter().sum();
+        let mut keep = [FULL; DRAW_N];
+        let mut alias: [usize; DRAW_N] = std::array::from_fn(|i| i);
+        if sum.is_finite() && sum > 0.0 {
+            let mut scaled: Vec<f64> =
+                (0..DRAW_N).map(|i| if i < CATS * 3 { w[i] / sum * DRAW_N as f64 } else { 0.0 }).collect();
+            let mut small: Vec<usize> = (0..DRAW_N).filter(|&i| scaled[i] < 1.0).collect();
+            let mut large: Vec<usize> = (0..DRAW_N).filter(|&i| scaled[i] >= 1.0).collect();
+            while let (Some(s), Some(&l)) = (small.pop(), large.last()) {
+                keep[s] = (scaled[s] * FULL as f64).round() as u64;
+                alias[s] = l;
+                scaled[l] -= 1.0 - scaled[s];
+                if scaled[l] < 1.0 {
+                    large.pop();
+                    small.push(l);
+                }
+            }
         }
-        ClickDraw { keep, alias, c }
+        ClickDraw { entry: std::array::from_fn(|i| keep[i] | what(i) << 32 | what(alias[i]) << 40) }
     }
 
-    /// The category of a click, from 64 random bits (as [`Alias::sample`]).
+    /// The `what` of a click (category | outcome << 4), from the top 32 of 64 random bits.
     #[inline(always)]
-    fn sample(&self, u: u64) -> usize {
-        let i = (((u >> 32) * CATS as u64) >> 32) as usize;
-        let a = ((self.alias >> (4 * i)) & 15) as usize;
-        let keep = ((u as u32) < self.keep[i]) as usize;
-        a ^ ((i ^ a) & keep.wrapping_neg())
+    fn sample(&self, u: u64) -> u8 {
+        let e = self.entry[(u >> 58) as usize];
+        let kept = ((u >> 32) & 0x3ff_ffff) < (e & 0xffff_ffff);
+        // Branch-free: keep or alias is a coin flip the predictor cannot learn.
+        (e >> (40 - 8 * u64::from(kept))) as u8
     }
 }
 
 /// Per-ONU sampling tables.
 #[derive(Clone, Debug)]
 struct OnuTables {
-    /// P(wrong only | click, not correct only), scaled to 2⁶⁴ (saturating), per category.
-    w: [u64; CATS],
     no_click: Alias,
     mean_click: f64,
     blinded: bool,
@@ -236,34 +263,24 @@ struct OnuTables {
 
 impl OnuTables {
     fn new(t: &CellTable) -> (ClickDraw, OnuTables) {
-        let mut wc = [0.0; CATS];
+        let mut wj = [0.0; CATS * 3];
         let mut wn = [0.0; CATS];
-        let mut c = [0u32; CATS];
-        let mut w = [0u64; CATS];
         for k in 0..3 {
             for bs in 0..2 {
                 for br in 0..2 {
                     let i = k * 4 + bs * 2 + br;
                     let o = &t.cells[k][bs][br];
-                    let d = o.click();
-                    wc[i] = t.weight[k][bs][br] * d;
-                    wn[i] = t.weight[k][bs][br] * (1.0 - d);
-                    if d > 0.0 {
-                        let rest = o.w + o.both;
-                        c[i] = ((o.c / d) * (1u64 << 30) as f64).round().min((1u64 << 30) as f64) as u32;
-                        w[i] = if rest > 0.0 { to_u64_scale(o.w / rest) } else { u64::MAX };
-                    }
+                    let p = t.weight[k][bs][br];
+                    wj[3 * i + usize::from(CORRECT)] = p * o.c;
+                    wj[3 * i + usize::from(WRONG)] = p * o.w;
+                    wj[3 * i + usize::from(DOUBLE)] = p * o.both;
+                    wn[i] = p * (1.0 - o.click());
                 }
             }
         }
-        let tables =
-            OnuTables { w, no_click: Alias::new(&wn), mean_click: t.mean_click(), blinded: t.blinded };
-        (ClickDraw::new(&Alias::new(&wc), c), tables)
+        let tables = OnuTables { no_click: Alias::new(&wn), mean_click: t.mean_click(), blinded: t.blinded };
+        (ClickDraw::new(&wj), tables)
     }
-}
-
-fn to_u64_scale(p: f64) -> u64 {
-    if p >= 1.0 { u64::MAX } else { (p.max(0.0) * 18446744073709551616.0) as u64 }
 }
 
 fn to_u32_scale(p: f64) -> u64 {
@@ -285,21 +302,23 @@ struct Seg {
     inv_lambda: f64,
     /// Equalisation delay of the owner during this frame (0 for idle segments).
     delay: u64,
+    /// The owner's click-draw table (0 for idle segments).
+    draw: u16,
     /// Clicks here spawn afterpulses / afterpulses here are detected.
     ap: bool,
 }
 
 const IDLE: u32 = u32::MAX;
 
-/// Per-ONU state (the fields a detection touches first, together: `click` and `records`
-/// fill the first two cache lines).
+/// Per-ONU state (the field a detection touches, `records`, first).
 #[derive(Debug)]
 #[repr(C, align(64))]
 struct OnuState {
-    click: ClickDraw,
     /// Records of the pulses that caused or received a detection, in pulse order.
     records: Vec<PulseRecord>,
     tables: OnuTables,
+    /// Index of the ONU's click-draw table in `Sampler::draws`.
+    draw: u16,
     /// Schedules in force, by the frame they start at (the first one from frame 0).
     history: Vec<SourceSchedule>,
     /// Schedules waiting for their frame.
@@ -340,7 +359,7 @@ pub struct Sampler {
     dead: u64,
     window: u64,
     det: DetectorModel,
-    /// Afterpulse probability, scaled to 2³².
+    /// Afterpulse probability, scaled to 2³⁰ (`AP_MASK` + 1).
     p_ap: u64,
     /// Afterpulse delay CDF (scaled to 2³²), entry m = P(delay index ≤ m).
     ap_cdf: Vec<u64>,
@@ -349,6 +368,8 @@ pub struct Sampler {
     idle_double: u64,
     idle_lambda: f64,
     onus: Vec<OnuState>,
+    /// The distinct click-draw tables of the ONUs.
+    draws: Vec<ClickDraw>,
     segs: Vec<Seg>,
     /// Cumulative hazard at the start of each segment (one more entry: the frame's total).
     hcum: Vec<f64>,
@@ -412,12 +433,19 @@ impl Sampler {
             })
             .collect();
         let y0 = det.y0();
+        let mut draws: Vec<ClickDraw> = Vec::new();
         let onus = tabs
             .iter()
             .enumerate()
             .map(|(i, t)| (i, OnuTables::new(t)))
             .map(|(i, (click, tables))| OnuState {
-                click,
+                draw: match draws.iter().position(|d| *d == click) {
+                    Some(k) => k as u16,
+                    None => {
+                        draws.push(click);
+                        u16::try_from(draws.len() - 1).expect("at most 65 536 distinct ONU tables")
+                    }
+                },
                 tables,
                 history: vec![SourceSchedule {
                     from_frame: 0,
@@ -442,12 +470,13 @@ impl Sampler {
             dead: u64::from(det.dead_time),
             window: kernel.len() as u64,
             det,
-            p_ap: to_u32_scale(det.afterpulse),
+            p_ap: (det.afterpulse.clamp(0.0, 1.0) * (AP_MASK + 1) as f64).round() as u64,
             ap_cdf,
             idle_basis: to_u32_scale(pon.receiver_p_z),
             idle_double: if y0 > 0.0 { to_u32_scale(det.dark_count * det.dark_count / y0) } else { 0 },
             idle_lambda: -(-y0).ln_1p(),
             onus,
+            draws,
             segs: Vec::new(),
             hcum: Vec::new(),
             buckets: Vec::new(),
@@ -504,15 +533,15 @@ impl Sampler {
         self.frame_hazard = 0.0;
         self.blinded_per_frame = 0;
         for seg in map.segments() {
-            let (owner, lambda, ap) = match seg.owner {
+            let (owner, lambda, ap, draw) = match seg.owner {
                 crate::model::Owner::Onu(i) => {
                     let t = &self.onus[i].tables;
                     if t.blinded {
                         self.blinded_per_frame += seg.len();
                     }
-                    (i as u32, -(-t.mean_click).ln_1p(), !t.blinded)
+                    (i as u32, -(-t.mean_click).ln_1p(), !t.blinded, self.onus[i].draw)
                 }
-                crate::model::Owner::Idle => (IDLE, self.idle_lambda, true),
+                crate::model::Owner::Idle => (IDLE, self.idle_lambda, true, 0),
             };
             self.frame_hazard += lambda * seg.len() as f64;
             let delay = match seg.owner {
@@ -525,7 +554,17 @@ impl Sampler {
             let h0 = *self.hcum.last().unwrap_or(&0.0);
             self.hcum.push(self.frame_hazard);
             let h1 = self.frame_hazard;
-            self.segs.push(Seg { h0, h1, start: seg.start, end: seg.end, owner, inv_lambda, delay, ap });
+            self.segs.push(Seg {
+                h0,
+                h1,
+                start: seg.start,
+                end: seg.end,
+                owner,
+                inv_lambda,
+                delay,
+                draw,
+                ap,
+            });
         }
         let m = 4 * self.segs.len();
         self.buckets.clear();
@@ -736,7 +775,7 @@ impl Sampler {
                 let gate = base + g;
                 // (Idle segments have delay 0, so their candidates stay idle.)
                 let owner = if gate >= s.delay { s.owner } else { IDLE };
-                out[n] = Cand { gate, pulse: gate.wrapping_sub(s.delay), owner, ap: s.ap };
+                out[n] = Cand { gate, pulse: gate.wrapping_sub(s.delay), owner, draw: s.draw, ap: s.ap };
                 n += 1;
                 if ei == EBUF {
                     refill_exp(&mut rng, ebuf);
@@ -794,44 +833,40 @@ impl Sampler {
     #[inline(always)]
     fn primary(&mut self, cand: Cand, rng: &mut FastRng) {
         let c = cand.gate;
-        let u1 = rng.next_u64();
-        let u2 = rng.next_u64();
+        let u = rng.next_u64();
         let mut flags = self.flags_for(c);
-        let (basis, bit) = if cand.owner != IDLE {
-            let o = &mut self.onus[cand.owner as usize];
-            let cat = o.click.sample(u1);
-            let (k, bs, br) = (cat / 4, (cat / 2) % 2, cat % 2);
-            let x = (u2 >> 32) & 1 == 1;
-            let level = (u2 >> 34) as u32;
-            let bit = if level < o.click.c[cat] {
-                x
-            } else {
-                let u3 = rng.next_u64();
-                if u3 < o.tables.w[cat] {
-                    !x
-                } else {
-                    flags |= DetectionFlags::DOUBLE_CLICK;
-                    (u2 >> 33) & 1 == 1
-                }
-            };
-            let Some(intensity) = Intensity::from_index(k as u8) else { unreachable!() };
-            o.records.push(PulseRecord {
+        let (basis, bit, u_ap) = if cand.owner != IDLE {
+            // One word settles the click: the top 32 bits pick (category, outcome) from the
+            // joint alias table, bit 0 is the encoded bit, bit 1 the reported bit of a
+            // double click, bits 2–31 the afterpulse decision.
+            let what = self.draws[usize::from(cand.draw)].sample(u);
+            let cat = what & 15;
+            let outcome = what >> 4;
+            let x = u & 1;
+            // Correct: x; wrong: !x; double: bit 1. In masks: no branch to mispredict.
+            let double = u64::from(outcome == DOUBLE);
+            let b = x ^ u64::from(outcome == WRONG);
+            let bit = b ^ ((b ^ (u >> 1)) & double.wrapping_neg() & 1);
+            flags |= (double as u8) * DetectionFlags::DOUBLE_CLICK;
+            let Some(intensity) = Intensity::from_index(cat / 4) else { unreachable!() };
+            self.onus[cand.owner as usize].records.push(PulseRecord {
                 pulse: cand.pulse,
-                basis: Basis::from_bit(bs == 1),
-                bit: x,
+                basis: Basis::from_bit((cat / 2) % 2 == 1),
+                bit: x == 1,
                 intensity,
             });
-            (Basis::from_bit(br == 1), bit)
+            (Basis::from_bit(cat & 1 == 1), bit == 1, (u >> 2) & AP_MASK)
         } else {
-            // Dark count in a guard or idle gate.
-            let basis = Basis::from_bit((u1 & 0xffff_ffff) >= self.idle_basis);
-            if (u1 >> 32) < self.idle_double {
+            // Dark count in a guard or idle gate (rare).
+            let u2 = rng.next_u64();
+            let basis = Basis::from_bit((u & 0xffff_ffff) >= self.idle_basis);
+            if (u >> 32) < self.idle_double {
                 flags |= DetectionFlags::DOUBLE_CLICK;
             }
-            (basis, (u2 >> 33) & 1 == 1)
+            (basis, (u2 >> 33) & 1 == 1, u2 & AP_MASK)
         };
         self.emit(c, basis, bit, flags);
-        self.after_detection(c, cand.ap, u2 & 0xffff_ffff, rng);
+        self.after_detection(c, cand.ap, u_ap, rng);
     }
 
     /// An afterpulse at gate `a`, the receiver live (`a` is below `gen_gate`, so the
@@ -865,7 +900,7 @@ impl Sampler {
             Basis::from_bit((u1 & 0xffff_ffff) >= self.idle_basis)
         };
         self.emit(a, basis, bit, flags);
-        self.after_detection(a, true, u2 & 0xffff_ffff, rng);
+        self.after_detection(a, true, u2 & AP_MASK, rng);
     }
 
     #[inline]
@@ -953,6 +988,9 @@ impl Sampler {
         self.onus.len()
     }
 }
+
+/// Bits of the afterpulse decision (compared with `Sampler::p_ap`).
+const AP_MASK: u64 = 0x3fff_ffff;
 
 /// Refills `ebuf` with Exp(1) variates (kept out of the candidate loop).
 #[inline(never)]
