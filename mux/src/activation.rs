@@ -33,6 +33,7 @@ use crate::slot_map::OnuId;
 
 /// Activation settings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct ActivationConfig {
     /// Consecutive scheduling periods without a sign of life after which an ONU is lost
     /// (≥ 1).

@@ -81,7 +81,7 @@ pub enum Policy {
 
 /// Scheduler settings (DESIGN.md §5 defaults in [`Default`]).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct SchedulerConfig {
     /// Gates per frame (125 000: 125 µs at 1 GHz).
     pub frame_len: u32,

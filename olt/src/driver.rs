@@ -12,10 +12,12 @@
 //!
 //! Finished blocks go into the ONU's pool; [`OltDriver::stats`] has the per-ONU figures.
 
+use crate::monitor::{Alarm, Counts, Monitor};
+use crate::scheduling::{Action, LinkView, OnuScheduling, ScheduleStepError, Scheduling, SchedulingConfig};
 use crate::stats::OnuStats;
-use qpon_hw::DetectionRecord;
+use qpon_hw::{DetectionRecord, DetectorStatus};
 use qpon_kms::KeyPool;
-use qpon_mux::{OnuId, SlotMapSchedule};
+use qpon_mux::{Equalisation, OnuActivation, OnuId, SlotMapSchedule};
 use qpon_qkd::session::{Event, OltSession};
 use qpon_qkd::time::Instant;
 use rand::CryptoRng;
@@ -113,6 +115,8 @@ pub struct OltDriver<R: CryptoRng> {
     workers: usize,
     outbox: VecDeque<(u16, Vec<u8>)>,
     unattributed: u64,
+    monitor: Monitor,
+    scheduling: Option<Scheduling>,
 }
 
 impl<R: CryptoRng + Send> OltDriver<R> {
@@ -125,7 +129,98 @@ impl<R: CryptoRng + Send> OltDriver<R> {
             workers: workers.max(1),
             outbox: VecDeque::new(),
             unattributed: 0,
+            monitor: Monitor::default(),
+            scheduling: None,
         }
+    }
+
+    /// Turns on the scheduling step (see [`crate::scheduling`]): from now on
+    /// [`schedule`](Self::schedule) recomputes the slot map once per period, and an ONU gets
+    /// slots only once it is ranged ([`range_onu`](Self::range_onu)) and authenticated.
+    /// Without it the slot maps are whatever the caller installs.
+    pub fn enable_scheduling(&mut self, config: SchedulingConfig) {
+        self.scheduling = Some(Scheduling::new(config));
+    }
+
+    /// The scheduling settings, when scheduling is on.
+    pub fn scheduling_config(&self) -> Option<&SchedulingConfig> {
+        self.scheduling.as_ref().map(|s| &s.cfg)
+    }
+
+    /// What the scheduling step knows about `onu` (activation, quality), once ranged.
+    pub fn onu_scheduling(&self, onu: u16) -> Option<&OnuScheduling> {
+        self.scheduling.as_ref()?.onus.get(&onu)
+    }
+
+    /// `onu`'s activation state, once ranged.
+    pub fn activation(&self, onu: u16) -> Option<&OnuActivation> {
+        self.onu_scheduling(onu).map(|s| &s.activation)
+    }
+
+    /// Slot maps the scheduling step has changed so far.
+    pub fn map_changes(&self) -> u64 {
+        self.scheduling.as_ref().map_or(0, |s| s.changes)
+    }
+
+    /// `onu` was ranged with `equalisation` (its session's pulse offset must match). It is
+    /// sent its view of the current map at once; its tagged acknowledgement (or any tag of
+    /// its session) authenticates it, and the next scheduling step gives it slots.
+    /// `prior_quality` (secret bits per owned gate, e.g. from [`qpon_mux::quality_prior`]
+    /// and its loss budget) stands for its quality until it has made key. A lost ONU coming
+    /// back goes through this again; an ONU that is still active (it reconnected before
+    /// being declared lost) is not re-ranged. No effect without scheduling, or for an ONU
+    /// without a session.
+    pub fn range_onu(&mut self, now: Instant, onu: u16, equalisation: Equalisation, prior_quality: f64) {
+        let (Some(sch), Some(link)) = (self.scheduling.as_mut(), self.onus.get_mut(&onu)) else { return };
+        let tags = link.session.peer_tags_verified();
+        if let Some(challenge) = sch.range(onu, equalisation, prior_quality, tags, self.slots.latest()) {
+            let _ = link.session.send_slot_map(now, challenge);
+            while let Some(f) = link.session.poll_transmit() {
+                self.outbox.push_back((onu, f));
+            }
+        }
+    }
+
+    /// The scheduling step, when due: call it regularly (e.g. every time the receiver is
+    /// polled) with the frame in progress; it runs once per scheduling period (see
+    /// [`crate::scheduling`]). Returns the new map's version when the map changed. Without
+    /// scheduling, or before the period ends, it does nothing.
+    pub fn schedule(&mut self, now: Instant, current_frame: u64) -> Result<Option<u32>, ScheduleStepError> {
+        let Some(sch) = self.scheduling.as_mut() else { return Ok(None) };
+        if !sch.due(current_frame) {
+            return Ok(None);
+        }
+        let links: BTreeMap<u16, LinkView> = self
+            .onus
+            .iter()
+            .map(|(&o, l)| {
+                let v = LinkView {
+                    tags_verified: l.session.peer_tags_verified(),
+                    secret_bits: l.stats.secret_bits,
+                    pool_bits: l.pool.level_bits(),
+                };
+                (o, v)
+            })
+            .collect();
+        let pending = self
+            .onus
+            .iter()
+            .map(|(&o, l)| (o, (l.session.slot_map_acked(), l.session.slot_map_pending())))
+            .collect();
+        let (changed, actions) = sch.step(current_frame, &mut self.slots, &links, &pending)?;
+        for (onu, action) in actions {
+            let Some(link) = self.onus.get_mut(&onu) else { continue };
+            match action {
+                Action::Send(update) => {
+                    let _ = link.session.send_slot_map(now, update);
+                }
+                Action::Cancel => link.session.cancel_slot_map(),
+            }
+            while let Some(f) = link.session.poll_transmit() {
+                self.outbox.push_back((onu, f));
+            }
+        }
+        Ok(changed)
     }
 
     /// Adds (or replaces) an ONU.
@@ -133,9 +228,32 @@ impl<R: CryptoRng + Send> OltDriver<R> {
         self.onus.insert(onu, link);
     }
 
-    /// Removes an ONU; its slots should be given away by the next slot map.
+    /// Removes an ONU; its slots should be given away by the next slot map (the scheduling
+    /// step, when on, does so at its next period).
     pub fn remove_onu(&mut self, onu: u16) -> Option<OnuLink<R>> {
+        if let Some(s) = self.scheduling.as_mut() {
+            s.onus.remove(&onu);
+        }
         self.onus.remove(&onu)
+    }
+
+    /// The slot-map history.
+    pub fn slots(&self) -> &SlotMapSchedule {
+        &self.slots
+    }
+
+    /// A new classical connection to `onu`: its session re-sends what is outstanding.
+    pub fn reset_link(&mut self, onu: u16, now: Instant) {
+        if let Some(l) = self.onus.get_mut(&onu) {
+            l.session.reset_link(now);
+            // The ONU may have restarted: it gets the view of the map it must hold again.
+            if let Some(u) = self.scheduling.as_ref().and_then(|s| s.onus.get(&onu)?.required.clone()) {
+                let _ = l.session.send_slot_map(now, u);
+            }
+            while let Some(f) = l.session.poll_transmit() {
+                self.outbox.push_back((onu, f));
+            }
+        }
     }
 
     /// The slot-map history (to install a new map).
@@ -156,6 +274,36 @@ impl<R: CryptoRng + Send> OltDriver<R> {
     /// Detections in guard or idle gates, or of ONUs not (or no longer) served.
     pub fn unattributed(&self) -> u64 {
         self.unattributed
+    }
+
+    /// The receiver's status (read once per monitoring interval, e.g. 1 s): credits each
+    /// ONU with the gates it owned in the status interval, refreshes its sifting
+    /// statistics, and runs the monitor. Returns how many alarms were newly raised.
+    pub fn handle_status(&mut self, now: Instant, status: &DetectorStatus) -> usize {
+        let from = status.gate.saturating_sub(status.interval_gates);
+        let owned = crate::monitor::owned_gates(&self.slots, from, status.gate);
+        for (onu, link) in self.onus.iter_mut() {
+            link.stats.owned_gates += owned.get(onu).copied().unwrap_or(0);
+            link.stats.sift = *link.session.sift_totals();
+        }
+        let onus: Vec<(u16, Counts, &qpon_qkd::finite_key::DecoyParams)> =
+            self.onus.iter().map(|(&o, l)| (o, Counts::from(&l.stats), &l.session.config().decoy)).collect();
+        self.monitor.evaluate(now, Some(status), onus)
+    }
+
+    /// The monitor (its thresholds and every alarm raised, receiver-wide ones included).
+    pub fn monitor(&self) -> &Monitor {
+        &self.monitor
+    }
+
+    /// The monitor, to change its thresholds.
+    pub fn monitor_mut(&mut self) -> &mut Monitor {
+        &mut self.monitor
+    }
+
+    /// The alarms naming `onu` (latched: each kind once, with the time it was raised).
+    pub fn alarms(&self, onu: u16) -> impl Iterator<Item = &Alarm> {
+        self.monitor.alarms_of(onu)
     }
 
     /// Attributes detections to ONUs by slot map and hands them to the sessions.
@@ -180,6 +328,10 @@ impl<R: CryptoRng + Send> OltDriver<R> {
         for (onu, f) in frames {
             if let Some(link) = self.onus.get_mut(&onu) {
                 link.inbox.push(f);
+                // A sign of life for the activation's silence count.
+                if let Some(s) = self.scheduling.as_mut().and_then(|s| s.onus.get_mut(&onu)) {
+                    s.heard += 1;
+                }
             }
         }
         self.run_all(now);

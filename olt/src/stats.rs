@@ -1,6 +1,6 @@
 //! Per-ONU statistics kept by the OLT driver.
 
-use qpon_qkd::session::{AbortReason, BlockStats};
+use qpon_qkd::session::{AbortReason, BlockStats, SiftTotals};
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -23,6 +23,11 @@ pub struct OnuStats {
     pub aborted: BTreeMap<String, u64>,
     /// The last finished block's statistics.
     pub last_block: Option<BlockStats>,
+    /// Gates the ONU owned by slot map (pulses it sent), up to the last detector status.
+    pub owned_gates: u64,
+    /// Sifting's per-class statistics over every block (from the session, refreshed at
+    /// each detector status).
+    pub sift: SiftTotals,
 }
 
 impl OnuStats {

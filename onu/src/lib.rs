@@ -8,12 +8,20 @@
 //! [`OnuDriver::poll_source`] when a board may have answered). Protocol logic lives in
 //! `qpon-qkd`, not here.
 //!
-//! Still to come (see the README's features table): the `onu` binary.
+//! [`service`] puts the driver behind a TCP connection to the OLT (tokio, reconnect with
+//! back-off), a real clock and a status endpoint; the `onu` binary runs it from a
+//! [`config`] file. Still to come (see the README's features table): the source-board
+//! backend of the binary (hardware issue).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-use qpon_hw::PulseSource;
+pub mod config;
+pub mod service;
+pub mod status;
+
+use qpon_hw::{PulseSource, SourceSchedule};
 use qpon_kms::KeyPool;
+use qpon_mux::{OnuId, SlotMap};
 use qpon_qkd::session::{Event, OnuSession, SessionError};
 use qpon_qkd::time::Instant;
 use serde::Serialize;
@@ -34,6 +42,11 @@ pub struct OnuDriverStats {
     pub refused: u64,
     /// Pulse look-ups the source could not serve.
     pub source_errors: u64,
+    /// Slot maps installed in the source.
+    pub slot_maps: u64,
+    /// Slot maps refused (malformed, inconsistent, or refused by the source); the OLT
+    /// gets no acknowledgement and sends them again.
+    pub slot_maps_refused: u64,
 }
 
 /// The ONU driver.
@@ -47,6 +60,7 @@ pub struct OnuDriver<P: PulseSource> {
     /// pulse asked.
     open: BTreeMap<u64, (Vec<usize>, usize, Option<u64>)>,
     outbox: VecDeque<Vec<u8>>,
+    slot_map: Option<SlotMap>,
 }
 
 impl<P: PulseSource> OnuDriver<P> {
@@ -59,12 +73,57 @@ impl<P: PulseSource> OnuDriver<P> {
             stats: OnuDriverStats::default(),
             open: BTreeMap::new(),
             outbox: VecDeque::new(),
+            slot_map: None,
+        }
+    }
+
+    /// The newest slot map installed (this ONU's view: its own slots only).
+    pub fn slot_map(&self) -> Option<&SlotMap> {
+        self.slot_map.as_ref()
+    }
+
+    /// Turns an authenticated slot map from the OLT into the source's schedule: this ONU's
+    /// slots from the map's frame on, shifted by the session's equalisation offset (pulse
+    /// `p` lands in gate `p + pulse_offset`). The map is acknowledged only once the source
+    /// took it, so a source that refuses it makes the OLT send it again.
+    fn install_slot_map(&mut self, u: &qpon_qkd::session::SlotMapUpdate) {
+        let cfg = self.session.config();
+        let onu = OnuId(cfg.onu);
+        let offset = cfg.pulse_offset;
+        let map = match SlotMap::from_bytes(&u.map) {
+            Ok(m) if m.version() == u.version && m.active_from_frame() == u.from_frame => m,
+            _ => {
+                self.stats.slot_maps_refused += 1;
+                return;
+            }
+        };
+        let Ok(equalisation_delay) = u64::try_from(offset) else {
+            self.stats.slot_maps_refused += 1;
+            return;
+        };
+        let schedule = SourceSchedule {
+            from_frame: map.active_from_frame(),
+            frame_gates: u64::from(map.frame_len()),
+            slots: map.ranges_of(onu).collect(),
+            equalisation_delay,
+        };
+        match self.source.configure(&schedule) {
+            Ok(()) if self.session.ack_slot_map(u.version).is_ok() => {
+                self.stats.slot_maps += 1;
+                self.slot_map = Some(map);
+            }
+            _ => self.stats.slot_maps_refused += 1,
         }
     }
 
     /// The statistics.
     pub fn stats(&self) -> &OnuDriverStats {
         &self.stats
+    }
+
+    /// The session (for its counters).
+    pub fn session(&self) -> &OnuSession {
+        &self.session
     }
 
     /// The pool.
@@ -136,6 +195,7 @@ impl<P: PulseSource> OnuDriver<P> {
                         Err(_) => *self.stats.aborted.entry("PoolStore".into()).or_default() += 1,
                     },
                     Event::Discarded { .. } => self.stats.discarded += 1,
+                    Event::SlotMap(u) => self.install_slot_map(&u),
                     Event::Aborted { reason, .. } | Event::Stopped(reason) => {
                         *self.stats.aborted.entry(format!("{reason:?}")).or_default() += 1;
                     }

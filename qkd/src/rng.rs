@@ -11,9 +11,12 @@
 pub use rand::{CryptoRng, Rng};
 pub use rand_chacha::ChaCha20Rng;
 
+/// The type [`os_rng`] returns.
+pub type OsRng = rand::rand_core::UnwrapErr<rand::rngs::SysRng>;
+
 /// The operating system's RNG, as an infallible [`CryptoRng`]. A failing OS RNG panics
 /// (there is no safe fallback to continue with).
-pub fn os_rng() -> rand::rand_core::UnwrapErr<rand::rngs::SysRng> {
+pub fn os_rng() -> OsRng {
     rand::rand_core::UnwrapErr(rand::rngs::SysRng)
 }
 

@@ -9,6 +9,8 @@
 //!   optimiser of the source parameters (`qpon-sim rate`, `qpon-sim sweep`).
 //! - [`sampler`]: the event sampler behind the `hw` traits, at a cost proportional to the
 //!   number of detections.
+//! - [`medium`]: the emulation's classical channel, smoltcp TCP/IP on a simulated PON
+//!   (per-ONU fibre delay, seeded packet loss) driven by the virtual clock.
 //! - [`plot`]: PNG plots with a font shipped in the crate.
 //! - [`cli`]: the `qpon-sim` command line.
 //!
@@ -18,6 +20,7 @@
 
 pub mod cli;
 pub mod link;
+pub mod medium;
 pub mod model;
 pub mod planning;
 pub mod plot;

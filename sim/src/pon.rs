@@ -2,33 +2,55 @@
 //! a simulated medium, one discrete-event clock (DESIGN.md §7).
 //!
 //! - **Clock.** Virtual nanoseconds. The receiver is polled every `tick` (its records
-//!   are handed to the OLT driver), frames on the medium arrive after the ONU's fibre
-//!   delay (5 µs/km), and session timers fire when due. CPU work takes zero virtual time;
+//!   are handed to the OLT driver), the medium is polled whenever it has a packet due or
+//!   a TCP timer, and session timers fire when due. CPU work takes zero virtual time;
 //!   work spread over threads is joined before the clock moves, so a run is reproducible
 //!   from its seed whatever the threads did.
-//! - **Medium.** Each frame is delivered after the fibre delay of its ONU, or dropped by a
-//!   seeded fault injector with probability `drop_chance`; the sessions retransmit.
-//!   (Deviation from DESIGN.md §6 for now: frames travel as datagrams on the simulated
-//!   medium, not over a smoltcp TCP/IP stack.)
+//! - **Medium** ([`crate::medium`]). The sessions' frames travel as length-prefixed
+//!   messages over smoltcp TCP/IP: one OLT interface with a TCP connection per ONU, one
+//!   interface per ONU, IP packets on a simulated PON (serialised at 10 Gb/s per
+//!   direction, then the ONU's fibre delay of 5 µs/km), each packet lost with probability
+//!   `drop_chance` by a seeded fault injector; TCP retransmits, so the sessions' own
+//!   timeout ([`SessionConfig::rto`]) is only for a connection that broke. When a
+//!   connection is re-established both sessions' links are reset at that instant. The
+//!   report counts IP packets. [`Medium::Datagram`] instead sends each frame as one
+//!   datagram (the sessions retransmit, so give them a short `rto`).
 //! - **Agreement.** Both ends' pools are compared at the end: every block the ONU holds
 //!   must be in the OLT's pool with the same key.
+//! - **Slot maps.** The scenario's map applies from frame 0 (every ONU is provisioned with
+//!   it); the OLT driver's scheduling step then runs once per scheduling period with
+//!   [`PonOptions::policy`] and sends changed maps to the ONUs over the authenticated
+//!   channel, from `map_lead_s` ahead; each ONU driver reconfigures its source. The default
+//!   policy is equal gates, which reproduces the scenario's equal shares (what the planner,
+//!   `qpon-sim rate`, assumes); max-min fair key rate is selectable. A scenario's unequal
+//!   `slots.shares` hold until the first period ends, then the policy decides.
+//! - **Joining and leaving.** [`PonOptions::churn`]: an ONU that leaves goes dark (its
+//!   source stops firing, its frames are lost) without telling the OLT, which declares it
+//!   lost after `lost_after_periods` silent periods and gives its slots to the others. An
+//!   ONU that joins (or comes back) reconnects, is ranged (instantaneously here: its
+//!   equalisation is its fibre delay), answers the OLT's map with a tagged acknowledgement
+//!   that authenticates it, and gets slots at the next period. An ONU whose first event is
+//!   a join starts dark.
 
+pub use crate::medium::Medium;
+use crate::medium::{Channel, Direction, MediumEvent};
 use crate::sampler::{GATES_PER_KM_AT_1GHZ, SimPon, SimSource};
 use crate::scenario::Pon;
 use qpon_hw::DetectorSource;
+use qpon_hw::{PulseSource, SourceSchedule};
 use qpon_kms::MemoryPool;
-use qpon_mux::{OnuId, Slot, SlotMap, SlotMapSchedule};
-use qpon_olt::{OltDriver, OnuLink};
+/// The scheduler's policies (for [`PonOptions::policy`]).
+pub use qpon_mux::Policy;
+use qpon_mux::ranging::{RangingConfig, round_trip_gates};
+use qpon_mux::{ActivationConfig, OnuId, SchedulerConfig, Slot, SlotMap, SlotMapSchedule, quality_prior};
+use qpon_olt::{OltDriver, OnuLink, SchedulingConfig};
 use qpon_onu::OnuDriver;
 use qpon_qkd::finite_key::DecoyParams;
 use qpon_qkd::rng::{ChaCha20Rng, seeded};
 use qpon_qkd::secret::SecretBytes;
 use qpon_qkd::session::{AuthMaterial, MemoryLedger, OltSession, OnuSession, SessionConfig};
 use qpon_qkd::time::{Duration, Instant};
-use rand::RngExt;
 use serde::Serialize;
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 use std::sync::{Arc, Mutex};
 
 /// Options of one emulation run.
@@ -39,8 +61,10 @@ pub struct PonOptions {
     /// Seed of the medium's fault injector, the sessions' RNGs and the pre-shared secrets
     /// (the sampler has its own seed in the scenario).
     pub seed: u64,
-    /// Probability that a frame on the medium is lost.
+    /// Probability that a packet on the medium is lost.
     pub drop_chance: f64,
+    /// What carries the classical channel (TCP/IP by default).
+    pub medium: Medium,
     /// Worker threads for the ONUs' work.
     pub workers: usize,
     /// How often the receiver is polled, virtual seconds.
@@ -48,6 +72,38 @@ pub struct PonOptions {
     /// Sessions' configuration template (the ONU id, decoy parameters and equalisation
     /// offset are filled in per ONU).
     pub session: SessionConfig,
+    /// How the scheduler shares the receiver (equal gates: the scenario's shares, which the
+    /// planner assumes).
+    pub policy: Policy,
+    /// Scheduling period, virtual seconds (DESIGN.md §5: 1 s).
+    pub scheduling_period_s: f64,
+    /// How far ahead a changed map applies, virtual seconds.
+    pub map_lead_s: f64,
+    /// Silent periods after which the OLT declares an ONU lost.
+    pub lost_after_periods: u32,
+    /// ONUs leaving and joining during the run.
+    pub churn: Vec<Churn>,
+}
+
+/// What an ONU does in a [`Churn`] event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChurnAction {
+    /// It joins (or comes back): reconnects and asks for slots.
+    Join,
+    /// It goes dark without a word (power cut, fibre cut).
+    Leave,
+}
+
+/// An ONU joining or leaving at a virtual time.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Churn {
+    /// When, virtual seconds.
+    pub at_s: f64,
+    /// Which ONU (index).
+    pub onu: usize,
+    /// Join or leave.
+    pub action: ChurnAction,
 }
 
 impl Default for PonOptions {
@@ -58,10 +114,15 @@ impl Default for PonOptions {
             drop_chance: 0.0,
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
             tick_s: 0.01,
-            // Frames travel as datagrams here (no TCP underneath), so the sessions' own
-            // retransmission timer must be short against the block time; the round trip
-            // is ~0.1 ms.
-            session: SessionConfig { rto: Duration::from_millis(5), ..SessionConfig::default() },
+            medium: Medium::Tcp,
+            // TCP retransmits lost packets; the sessions' own timeout (500 ms) only matters
+            // when a connection stalls or breaks.
+            session: SessionConfig::default(),
+            policy: Policy::EqualGates,
+            scheduling_period_s: 1.0,
+            map_lead_s: 0.05,
+            lost_after_periods: ActivationConfig::default().lost_after_periods,
+            churn: Vec::new(),
         }
     }
 }
@@ -110,12 +171,30 @@ pub struct Aggregate {
     pub secret_bits: u64,
     /// Secret bits per virtual second.
     pub key_rate_bits_per_s: f64,
-    /// Frames sent on the medium / dropped by the fault injector.
+    /// Packets put on the medium (IP packets over TCP; one per frame with
+    /// [`Medium::Datagram`]), including lost ones.
     pub frames: u64,
-    /// See `frames`.
+    /// Packets lost by the fault injector.
     pub frames_dropped: u64,
     /// Blocks where the two ends disagree (must be 0).
     pub blocks_disagreeing: u64,
+    /// Slot maps the scheduler changed during the run.
+    pub map_changes: u64,
+}
+
+/// One slot map the scheduler decided on during the run.
+#[derive(Clone, Debug, Serialize)]
+pub struct MapRecord {
+    /// When it was decided, virtual seconds.
+    pub at_s: f64,
+    /// Its version.
+    pub version: u32,
+    /// The frame it applies from.
+    pub from_frame: u64,
+    /// Gates per frame each ONU owns under it (index = ONU).
+    pub gates: Vec<u64>,
+    /// Secret bits in each ONU's pool at the OLT when it was decided.
+    pub secret_bits: Vec<u64>,
 }
 
 /// The report of a run.
@@ -125,10 +204,13 @@ pub struct PonReport {
     pub onus: Vec<OnuReport>,
     /// Totals.
     pub aggregate: Aggregate,
+    /// The slot maps the scheduler changed to, in order (empty when nothing changed).
+    pub slot_maps: Vec<MapRecord>,
 }
 
-/// Builds the OLT's slot map (`qpon-mux`) from the sampler's.
-fn mux_map(pon: &Pon) -> SlotMap {
+/// Builds the OLT's slot map (`qpon-mux`) from the sampler's (the scenario's fixed
+/// shares), so an OLT attributes detections exactly as the sampler generated them.
+pub fn mux_map(pon: &Pon) -> SlotMap {
     let frame = pon.map.frame_gates;
     let mut slots: Vec<Slot> = Vec::new();
     for (i, rs) in pon.map.slots.iter().enumerate() {
@@ -150,15 +232,6 @@ fn mux_map(pon: &Pon) -> SlotMap {
     SlotMap::new(frame as u32, guard as u32, 1, 0, slots).expect("the sampler's slot map is valid")
 }
 
-#[derive(PartialEq, Eq, PartialOrd, Ord)]
-struct InFlight {
-    at: Instant,
-    seq: u64,
-    upstream: bool,
-    onu: u16,
-    bytes: Vec<u8>,
-}
-
 /// The pre-shared secret of ONU `k` in the emulation (both ends derive it from the seed).
 fn psk(seed: u64, k: usize, bytes: usize) -> SecretBytes {
     let mut rng = seeded(seed ^ 0x5053_4b00 ^ ((k as u64) << 32));
@@ -170,14 +243,45 @@ fn psk(seed: u64, k: usize, bytes: usize) -> SecretBytes {
 /// Runs the emulation. `progress` is called with the virtual time reached (seconds).
 pub fn run(pon: &Pon, opts: &PonOptions, mut progress: impl FnMut(f64)) -> PonReport {
     let n = pon.onus.len();
-    let sim = SimPon::new(pon);
+    let mut churn: Vec<(Instant, Churn)> = opts
+        .churn
+        .iter()
+        .filter(|c| c.onu < n && c.at_s.is_finite() && c.at_s >= 0.0)
+        .map(|c| (Instant::from_nanos((c.at_s * 1e9) as u64), *c))
+        .collect();
+    churn.sort_by_key(|(at, c)| (*at, c.onu));
+    let mut next_churn = 0;
+    // An ONU whose first event is a join starts dark and owns nothing in the provisioned map.
+    let mut online: Vec<bool> = (0..n)
+        .map(|k| churn.iter().find(|(_, c)| c.onu == k).is_none_or(|(_, c)| c.action == ChurnAction::Leave))
+        .collect();
+    let mut provisioned = pon.clone();
+    for (k, on) in online.iter().enumerate() {
+        if !on {
+            provisioned.map.slots[k].clear();
+        }
+    }
+    let sim = SimPon::new(&provisioned);
     let mut detector = sim.detector();
-    let map = mux_map(pon);
+    let map = mux_map(&provisioned);
     let mut olt: OltDriver<ChaCha20Rng> = OltDriver::new(SlotMapSchedule::new(map.clone()), opts.workers);
+    olt.enable_scheduling(scheduling_config(pon, opts));
+    // The monitor knows the receiver it watches: its dark-count floor, and the largest
+    // transmittance × efficiency any ONU can have (the receiver's own).
+    olt.monitor_mut().set_config(qpon_olt::monitor::MonitorConfig {
+        dark_count: pon.detector.dark_count,
+        max_transmittance: (pon.detector.efficiency * 10f64.powf(-pon.receiver_loss_db / 10.0)).min(1.0),
+        ..qpon_olt::monitor::MonitorConfig::default()
+    });
+    let frame_gates = pon.map.frame_gates;
+    let max_km = pon.onus.iter().map(|o| o.length_km).fold(0.0, f64::max);
+    let ranging = RangingConfig::for_reach(max_km, pon.gate_rate_hz, 0, 0);
+    let priors = quality_priors(pon);
     let mut onus: Vec<OnuDriver<SimSource>> = Vec::with_capacity(n);
     let mut olt_pools = Vec::with_capacity(n);
     let mut onu_pools = Vec::with_capacity(n);
     let mut delays = Vec::with_capacity(n);
+    let mut offsets = Vec::with_capacity(n);
     for (k, o) in pon.onus.iter().enumerate() {
         let delay_gates = (o.length_km * GATES_PER_KM_AT_1GHZ * pon.gate_rate_hz / 1e9).round() as u64;
         let cfg = SessionConfig {
@@ -205,67 +309,148 @@ pub fn run(pon: &Pon, opts: &PonOptions, mut progress: impl FnMut(f64)) -> PonRe
         onu_pools.push(onu_pool);
         // Fibre delay of the classical channel: 5 µs/km.
         delays.push(Duration::from_nanos((o.length_km * 5_000.0).round() as u64));
+        offsets.push(delay_gates);
     }
+    // Ranging is instantaneous here: the round trip is the fibre's, the source's pulse
+    // offset its one-way delay (the simulator's numbering; see `qpon_mux::ranging`).
+    let equalisation = |k: usize| {
+        ranging
+            .equalise(round_trip_gates(pon.onus[k].length_km, pon.gate_rate_hz))
+            .expect("within the PON's reach")
+    };
+    for k in (0..n).filter(|&k| online[k]) {
+        olt.range_onu(Instant::ZERO, k as u16, equalisation(k), priors[k]);
+    }
+    let mut slot_maps: Vec<MapRecord> = Vec::new();
 
-    let mut fault = seeded(opts.seed ^ 0xFA17);
-    let mut medium: BinaryHeap<Reverse<InFlight>> = BinaryHeap::new();
-    let mut seq = 0u64;
-    let (mut frames, mut dropped) = (0u64, 0u64);
+    let mut medium = Channel::new(opts.medium, delays, opts.drop_chance, opts.seed);
     let end = Instant::from_nanos((opts.seconds * 1e9) as u64);
     let tick = Duration::from_nanos((opts.tick_s * 1e9).max(1.0) as u64);
     let mut next_tick = Instant::ZERO;
+    // The OLT's monitor reads the receiver's status once per virtual second.
+    let mut next_status = Instant::ZERO + Duration::from_secs(1);
     let mut now = Instant::ZERO;
     let mut records = Vec::new();
     let mut last_progress = 0.0;
+    let mut olt_deadline_cache: Option<Option<Instant>> = None;
 
     loop {
-        // Send what the drivers produced.
-        let mut send = |upstream: bool, onu: u16, bytes: Vec<u8>, now: Instant| {
-            frames += 1;
-            if opts.drop_chance > 0.0 && fault.random_bool(opts.drop_chance.min(1.0)) {
-                dropped += 1;
-                return;
-            }
-            seq += 1;
-            let at = now + delays[onu as usize];
-            medium.push(Reverse(InFlight { at, seq, upstream, onu, bytes }));
-        };
+        // Hand what the drivers produced to the medium and run it at `now`: packets due
+        // arrive, TCP timers fire, queued frames are written.
+        // A dark ONU neither sends nor receives.
         while let Some((onu, f)) = olt.poll_transmit() {
-            send(false, onu, f, now);
+            if online[usize::from(onu)] {
+                let _ = medium.send_down(usize::from(onu), f);
+            }
         }
         for (k, d) in onus.iter_mut().enumerate() {
             while let Some(f) = d.poll_transmit() {
-                send(true, k as u16, f, now);
+                if online[k] {
+                    let _ = medium.send_up(k, f);
+                }
             }
         }
+        medium.poll(now);
 
-        let next_frame = medium.peek().map(|Reverse(f)| f.at);
-        let next =
-            [Some(next_tick), next_frame, olt.poll_timeout()].into_iter().flatten().min().unwrap_or(end);
+        // Frames completed now go to the drivers at once (CPU work takes no virtual time),
+        // then round again: their answers go out at the same instant.
+        let mut up: Vec<(u16, Vec<u8>)> = Vec::new();
+        let mut down_by_onu: Vec<Vec<Vec<u8>>> = Vec::new();
+        while let Some((k, dir, bytes)) = medium.recv() {
+            if !online[k] {
+                continue;
+            }
+            match dir {
+                Direction::Up => up.push((k as u16, bytes)),
+                Direction::Down => {
+                    if down_by_onu.is_empty() {
+                        down_by_onu.resize(n, Vec::new());
+                    }
+                    down_by_onu[k].push(bytes);
+                }
+            }
+        }
+        let mut reconnected = Vec::new();
+        while let Some(e) = medium.poll_event() {
+            if let MediumEvent::Reconnected(k) = e {
+                reconnected.push(k);
+            }
+        }
+        if !up.is_empty() || !down_by_onu.is_empty() || !reconnected.is_empty() {
+            if !up.is_empty() || !reconnected.is_empty() {
+                olt_deadline_cache = None;
+            }
+            if !up.is_empty() {
+                olt.handle_frames(now, up);
+            }
+            if !down_by_onu.is_empty() {
+                deliver_down(&mut onus, down_by_onu, now, opts.workers);
+            }
+            // A new connection: both ends start their link afresh (after the frames of the
+            // old one).
+            for k in reconnected {
+                olt.reset_link(k as u16, now);
+                onus[k].reset_link(now);
+            }
+            continue;
+        }
+
+        let next_event = churn.get(next_churn).map(|(at, _)| *at);
+        // The OLT's timers (a walk over every session), read again only after the OLT was
+        // handed something; whatever it is handed at `now` sets its timers later than `now`.
+        let olt_deadline = match olt_deadline_cache.take() {
+            Some(d) => d,
+            None => olt.poll_timeout(),
+        };
+        let next = [Some(next_tick), medium.poll_timeout(), olt_deadline, next_event]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(end);
         if next >= end {
             break;
         }
         now = now.max(next);
+        // Most instants are packets arriving mid-message: then nothing below touches the
+        // OLT and its timers stand. (Anything below that hands the OLT something must run
+        // at one of the instants in `next`.)
+        let quiet =
+            now < next_tick && next_event.is_none_or(|t| t > now) && olt_deadline.is_none_or(|t| t > now);
+        if quiet {
+            olt_deadline_cache = Some(olt_deadline);
+        }
         if now.as_secs_f64() - last_progress >= 0.1 {
             last_progress = now.as_secs_f64();
             progress(last_progress);
         }
 
-        // Frames due now.
-        let mut up: Vec<(u16, Vec<u8>)> = Vec::new();
-        let mut down_by_onu: Vec<Vec<Vec<u8>>> = vec![Vec::new(); n];
-        while medium.peek().is_some_and(|Reverse(f)| f.at <= now) {
-            let Some(Reverse(f)) = medium.pop() else { break };
-            if f.upstream {
-                up.push((f.onu, f.bytes));
-            } else {
-                down_by_onu[f.onu as usize].push(f.bytes);
+        // ONUs leaving and joining now.
+        while let Some(&(at, c)) = churn.get(next_churn)
+            && at <= now
+        {
+            next_churn += 1;
+            let k = c.onu;
+            match c.action {
+                ChurnAction::Leave if online[k] => {
+                    online[k] = false;
+                    let dark = SourceSchedule {
+                        from_frame: 0,
+                        frame_gates,
+                        slots: Vec::new(),
+                        equalisation_delay: offsets[k],
+                    };
+                    let _ = onus[k].source_mut().configure(&dark);
+                }
+                ChurnAction::Join if !online[k] => {
+                    online[k] = true;
+                    // Back on the fibre: a new link at both ends, then ranging.
+                    onus[k].reset_link(now);
+                    olt.reset_link(k as u16, now);
+                    olt.range_onu(now, k as u16, equalisation(k), priors[k]);
+                }
+                _ => {}
             }
         }
-        if !up.is_empty() {
-            olt.handle_frames(now, up);
-        }
-        deliver_down(&mut onus, down_by_onu, now, opts.workers);
 
         if now >= next_tick {
             let until = (now.as_secs_f64() * pon.gate_rate_hz) as u64;
@@ -273,14 +458,81 @@ pub fn run(pon: &Pon, opts: &PonOptions, mut progress: impl FnMut(f64)) -> PonRe
             if detector.poll_detections(until, &mut records).is_ok() {
                 olt.handle_detections(now, &records);
             }
+            // The scheduling step (it runs once per period).
+            if let Ok(Some(version)) = olt.schedule(now, until / frame_gates) {
+                let latest = olt.slots().latest();
+                slot_maps.push(MapRecord {
+                    at_s: now.as_secs_f64(),
+                    version,
+                    from_frame: latest.active_from_frame(),
+                    gates: (0..n).map(|k| latest.owned_gates(OnuId(k as u16))).collect(),
+                    secret_bits: (0..n)
+                        .map(|k| olt.onu(k as u16).map_or(0, |l| l.stats.secret_bits))
+                        .collect(),
+                });
+            }
+            if now >= next_status {
+                if let Ok(st) = detector.status() {
+                    olt.handle_status(now, &st);
+                }
+                next_status = now + Duration::from_secs(1);
+            }
             next_tick = now + tick;
         }
-        if olt.poll_timeout().is_some_and(|t| t <= now) {
+        if olt_deadline.is_some_and(|t| t <= now) {
             olt.handle_timeout(now);
         }
     }
     progress(opts.seconds);
-    report(pon, opts, &map, &olt, &olt_pools, &onu_pools, frames, dropped)
+    let c = medium.counters();
+    // Slot shares as they stand at the end of the run.
+    let map = olt.slots().latest().clone();
+    let mut r = report(pon, opts, &map, &olt, &olt_pools, &onu_pools, c.packets, c.dropped);
+    r.slot_maps = slot_maps;
+    r
+}
+
+/// The OLT's scheduling settings for the emulation: the scenario's frame and guard, the
+/// options' policy, period, lead and loss detection.
+fn scheduling_config(pon: &Pon, opts: &PonOptions) -> SchedulingConfig {
+    let frame_gates = pon.map.frame_gates;
+    let frames_per_s = pon.gate_rate_hz / frame_gates as f64;
+    let n = pon.onus.len().max(1) as u64;
+    let guard = mux_map(pon).guard();
+    let budget = frame_gates.saturating_sub(n * u64::from(guard)) / n;
+    SchedulingConfig {
+        scheduler: SchedulerConfig {
+            frame_len: frame_gates as u32,
+            guard,
+            // Never more than an equal share, so the scenario's ONUs always fit.
+            min_slot: budget.clamp(1, 100) as u32,
+            frames_per_period: ((opts.scheduling_period_s * frames_per_s).round() as u64).max(1),
+            policy: opts.policy,
+            ..SchedulerConfig::default()
+        },
+        activation: ActivationConfig { lost_after_periods: opts.lost_after_periods.max(1) },
+        lead_frames: ((opts.map_lead_s * frames_per_s).ceil() as u64).max(1),
+        ..SchedulingConfig::default()
+    }
+}
+
+/// Each ONU's quality prior (secret bits per owned gate) from its loss budget, scaled with
+/// [`quality_prior`] from the planner's best unattacked ONU.
+fn quality_priors(pon: &Pon) -> Vec<f64> {
+    let plan = crate::planning::rate(pon);
+    let reference = plan
+        .onus
+        .iter()
+        .filter(|o| o.eve.is_none() && o.slot_share > 0.0 && o.finite_bits_per_s > 0.0)
+        .map(|o| (o.finite_bits_per_s / (o.slot_share * pon.gate_rate_hz), o.loss_db))
+        .max_by(|a, b| a.0.total_cmp(&b.0));
+    plan.onus
+        .iter()
+        .map(|o| match reference {
+            Some((q, loss)) => quality_prior(q, loss, o.loss_db),
+            None => 0.0,
+        })
+        .collect()
 }
 
 /// Hands downstream frames to their ONUs, spreading ONUs over the workers.
@@ -331,7 +583,7 @@ fn report(
             pool_bits: qpon_kms::KeyPool::level_bits(&*olt_pool),
             blocks_agreeing: agreeing,
             aborted: s.aborted.clone(),
-            alarms: Vec::new(),
+            alarms: olt.alarms(k as u16).map(|a| a.to_string()).collect(),
         });
     }
     let aggregate = Aggregate {
@@ -344,6 +596,7 @@ fn report(
         frames,
         frames_dropped,
         blocks_disagreeing: disagreeing,
+        map_changes: olt.map_changes(),
     };
-    PonReport { onus: out, aggregate }
+    PonReport { onus: out, aggregate, slot_maps: Vec::new() }
 }

@@ -17,6 +17,25 @@
 //! link that is [reset](Link::reset) (a new connection) accepts any first number; replays
 //! across resets still fail, because their tags' pads are below the ledger's high-water
 //! mark and their untagged frames break the next tag.
+//!
+//! **Control messages** (slot maps and their acknowledgements, kinds 7 and 21) belong to no
+//! block: they may arrive in the middle of one, be lost and retransmitted on their own
+//! schedule, so they stay out of every transcript (otherwise a lost slot map would make
+//! the two ends' transcripts differ and break the block's next tag). A tagged control frame
+//! carries its own tag over its header and body alone, with the next pad of its direction's
+//! stream (recorded in the ledger first, like every pad) and the hash key of the current
+//! epoch; it takes a sequence number but neither checks nor moves the block path's
+//! replay state. Its replay protection is the pad: a copy of a checked frame names a pad
+//! below the ledger's high-water mark and is refused, and every retransmission is a new
+//! frame with a fresh pad. A slot map must be tagged; an acknowledgement may be untagged
+//! (it only stops retransmissions: forging one achieves no more than dropping the map).
+//!
+//! Pads of one direction are taken in increasing order and a receiver refuses any pad below
+//! its high-water mark, so a control tag must never overtake a tagged block frame that may
+//! still be retransmitted byte-identically (its pad would then be refused). The sessions
+//! ensure this: the OLT sends a slot map only while no tagged request of its own awaits a
+//! reply, and the ONU tags an acknowledgement only while no tagged reply of its own may
+//! still be re-sent.
 
 use super::auth::{AuthError, AuthLedger, AuthMaterial, LedgerEntry, Purpose, Stream};
 use super::frame::{Direction, Frame, FrameError, FrameRepr};
@@ -32,7 +51,8 @@ pub enum AuthPolicy {
     /// the ONU's `Confirm` (the default: ~4 tags per block).
     #[default]
     PerPhase,
-    /// A tag on every frame.
+    /// A tag on every block frame. (Control frames follow their own rule whatever the
+    /// policy: slot maps are always tagged, acknowledgements when safe; see the module doc.)
     PerMessage,
 }
 
@@ -354,6 +374,72 @@ impl Link {
         Ok(out)
     }
 
+    /// Frames a control message (see the module doc): outside every block and transcript.
+    /// When `tagged`, the tag covers this frame's header and body only, with the next pad of
+    /// this direction (recorded in the ledger before use) and the current epoch's hash key;
+    /// fails without a loaded hash key.
+    pub fn send_control(&mut self, msg: &Message, tagged: bool) -> Result<Vec<u8>, LinkError> {
+        debug_assert!(msg.is_control(), "send_control with a block message");
+        debug_assert_eq!(msg.direction(), self.dir, "message sent in the wrong direction");
+        let mut body = Vec::new();
+        msg.encode_body(&mut body);
+        let stream = Stream::Pads(self.dir);
+        let auth = if tagged {
+            let Some((epoch, _)) = self.mac.as_ref() else {
+                return Err(LinkError::Auth(AuthError::Ledger(
+                    "no hash key loaded for a tagged control frame".into(),
+                )));
+            };
+            Some((*epoch, self.ledger.high_water(self.onu, stream), self.family.tag_len() as u8))
+        } else {
+            None
+        };
+        let repr =
+            FrameRepr { kind: msg.kind(), onu: self.onu, direction: self.dir, seq: self.next_seq, auth };
+        let mut out = Vec::new();
+        repr.emit_header_and_body(&body, &mut out);
+        if let Some((_, index, _)) = auth {
+            self.ledger.record(self.onu, LedgerEntry::Used { stream, index, purpose: Purpose::TagSent })?;
+            let pad = Pad::new(self.material.take(stream, index, self.family.pad_len())?);
+            self.auth_bits_spent += 8 * self.family.pad_len() as u64;
+            let Some((_, wc)) = self.mac.as_ref() else { unreachable!("checked above") };
+            let tag = wc.tag(&out, &pad).map_err(|_| LinkError::BadTag)?;
+            out.extend_from_slice(tag.as_bytes());
+        }
+        self.next_seq += 1;
+        Ok(out)
+    }
+
+    /// The control path of [`receive`](Self::receive): checks the frame's own tag (a slot
+    /// map must have one) and leaves the block state alone.
+    fn receive_control(&mut self, frame: &Frame<&[u8]>, repr: &FrameRepr) -> Result<Received, LinkError> {
+        let msg = Message::decode(repr.kind, repr.direction, frame.body())?;
+        let Some((epoch, index, _)) = repr.auth else {
+            // Whoever can inject frames must not be able to move an ONU's slots.
+            if matches!(msg, Message::SlotMap(_)) {
+                return Err(LinkError::MissingTag(msg.name()));
+            }
+            return Ok(Received::Message { msg, authenticated: false });
+        };
+        let stream = Stream::Pads(repr.direction);
+        let hw = self.ledger.high_water(self.onu, stream);
+        let e = u64::from(epoch);
+        if index < hw || index > hw + MAX_AHEAD || e < self.min_epoch || e > self.min_epoch + MAX_AHEAD {
+            return Err(LinkError::AuthWindow { epoch, pad: index });
+        }
+        let pad = self.take_rx_pad(e, stream, hw, index)?;
+        let ok = self
+            .mac
+            .as_ref()
+            .is_some_and(|(_, wc)| wc.verify(frame.authenticated_bytes(), &pad, frame.tag()).is_ok());
+        if !ok {
+            // As for any rejected tag: the hash key is never used again.
+            self.burn_epoch();
+            return Err(LinkError::BadTag);
+        }
+        Ok(Received::Message { msg, authenticated: true })
+    }
+
     /// Loads the epoch and takes the pad of a received tag, recording both first.
     fn take_rx_pad(&mut self, epoch: u64, stream: Stream, hw: u64, index: u64) -> Result<Pad, LinkError> {
         self.load_epoch(epoch)?;
@@ -366,13 +452,16 @@ impl Link {
         Ok(pad)
     }
 
-    /// Checks and decodes a received frame. On `Err` nothing changed, except that a
-    /// refused tag burns its pad and epoch.
+    /// Checks and decodes a received frame (block or control). On `Err` nothing changed,
+    /// except that a refused tag burns its pad and epoch.
     pub fn receive(&mut self, bytes: &[u8]) -> Result<Received, LinkError> {
         let frame = Frame::new_checked(bytes, self.max_body)?;
         let repr = FrameRepr::parse(&frame);
         if repr.onu != self.onu || repr.direction != self.dir.reverse() {
             return Err(LinkError::WrongEndpoint { onu: repr.onu, dir: repr.direction, expected: self.onu });
+        }
+        if Message::is_control_kind(repr.kind) {
+            return self.receive_control(&frame, &repr);
         }
         if let Some((last, last_bytes)) = &self.last_recv
             && repr.seq <= *last

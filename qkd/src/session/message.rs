@@ -15,9 +15,15 @@
 //! | 4 | OLT → ONU | [`Finish`]: verification, ℓ, PA seed, block ID | yes |
 //! | 5 | OLT → ONU | [`Ack`]: the OLT committed the block | yes |
 //! | 6, 20 | both | [`Abort`]: the block is abandoned, with a reason | no |
+//! | 7 | OLT → ONU | [`SlotMapUpdate`]: the ONU's view of a new slot map (control) | always |
 //! | 17 | ONU → OLT | [`SiftAnswer`]: match + intensity codes, test bits | no |
 //! | 18 | ONU → OLT | [`ReconcileAnswer`]: reconciliation replies | no |
 //! | 19 | ONU → OLT | [`Confirm`]: the ONU holds the block | yes |
+//! | 21 | ONU → OLT | [`SlotMapAck`]: the ONU installed a slot map (control) | when safe |
+//!
+//! Kinds 7 and 21 are *control* messages: they belong to no block and stay out of the
+//! block transcripts (see [`super::link`] for how they are authenticated and why the
+//! acknowledgement is tagged only when that cannot disturb a block).
 
 use super::frame::Direction;
 use crate::bits::BitBlock;
@@ -163,6 +169,29 @@ pub struct Abort {
     pub reason: AbortReason,
 }
 
+/// OLT → ONU, control, always tagged: the ONU's view of a slot map — the map with only the
+/// ONU's own slots — and the frame from which it applies. Retransmitted (each time as a new
+/// frame with a fresh pad) until acknowledged or superseded by a newer version.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotMapUpdate {
+    /// The map's version (strictly increasing per OLT; the ONU refuses older ones).
+    pub version: u32,
+    /// First frame (OLT time base) the map applies to.
+    pub from_frame: u64,
+    /// The map in `qpon-mux`'s wire format (opaque here: the session only orders versions;
+    /// the ONU driver parses and checks it, and must find the same version and frame).
+    pub map: Vec<u8>,
+}
+
+/// ONU → OLT, control: the ONU installed slot map `version`. Tagged when no tagged reply
+/// of the ONU may still be re-sent (a tagged acknowledgement also proves the ONU holds
+/// its pre-shared secret, which is how the OLT authenticates a joining ONU).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotMapAck {
+    /// The version installed.
+    pub version: u32,
+}
+
 /// Any session message.
 #[derive(Clone, Debug, PartialEq)]
 #[allow(missing_docs)]
@@ -177,6 +206,8 @@ pub enum Message {
     ReconcileAnswer(ReconcileAnswer),
     Confirm(Confirm),
     AbortUp(Abort),
+    SlotMap(SlotMapUpdate),
+    SlotMapAck(SlotMapAck),
 }
 
 /// Why a body could not be decoded.
@@ -200,11 +231,24 @@ impl Message {
             Message::Finish(_) => 4,
             Message::Ack(_) => 5,
             Message::AbortDown(_) => 6,
+            Message::SlotMap(_) => 7,
             Message::SiftAnswer(_) => 17,
             Message::ReconcileAnswer(_) => 18,
             Message::Confirm(_) => 19,
             Message::AbortUp(_) => 20,
+            Message::SlotMapAck(_) => 21,
         }
+    }
+
+    /// Whether frames of `kind` carry control messages (slot maps and their
+    /// acknowledgements): outside every block and its transcript.
+    pub fn is_control_kind(kind: u8) -> bool {
+        matches!(kind, 7 | 21)
+    }
+
+    /// Whether this is a control message (see [`Message::is_control_kind`]).
+    pub fn is_control(&self) -> bool {
+        Self::is_control_kind(self.kind())
     }
 
     /// A short name, for logs and errors.
@@ -219,6 +263,8 @@ impl Message {
             Message::SiftAnswer(_) => "sift_answer",
             Message::ReconcileAnswer(_) => "reconcile_answer",
             Message::Confirm(_) => "confirm",
+            Message::SlotMap(_) => "slot_map",
+            Message::SlotMapAck(_) => "slot_map_ack",
         }
     }
 
@@ -227,7 +273,8 @@ impl Message {
         if self.kind() < 16 { Direction::Downstream } else { Direction::Upstream }
     }
 
-    /// Block attempt number the message belongs to.
+    /// Block attempt number the message belongs to (0 for control messages, which belong
+    /// to none).
     pub fn block(&self) -> u64 {
         match self {
             Message::Announce(m) => m.block,
@@ -239,6 +286,7 @@ impl Message {
             Message::SiftAnswer(m) => m.block,
             Message::ReconcileAnswer(m) => m.block,
             Message::Confirm(m) => m.block,
+            Message::SlotMap(_) | Message::SlotMapAck(_) => 0,
         }
     }
 
@@ -260,6 +308,8 @@ impl Message {
             Message::SiftAnswer(m) => enc(m, out),
             Message::ReconcileAnswer(m) => enc(m, out),
             Message::Confirm(m) => enc(m, out),
+            Message::SlotMap(m) => enc(m, out),
+            Message::SlotMapAck(m) => enc(m, out),
         }
     }
 
@@ -278,10 +328,12 @@ impl Message {
             (Direction::Downstream, 4) => Message::Finish(dec(body, "finish")?),
             (Direction::Downstream, 5) => Message::Ack(dec(body, "ack")?),
             (Direction::Downstream, 6) => Message::AbortDown(dec(body, "abort")?),
+            (Direction::Downstream, 7) => Message::SlotMap(dec(body, "slot_map")?),
             (Direction::Upstream, 17) => Message::SiftAnswer(dec(body, "sift_answer")?),
             (Direction::Upstream, 18) => Message::ReconcileAnswer(dec(body, "reconcile_answer")?),
             (Direction::Upstream, 19) => Message::Confirm(dec(body, "confirm")?),
             (Direction::Upstream, 20) => Message::AbortUp(dec(body, "abort")?),
+            (Direction::Upstream, 21) => Message::SlotMapAck(dec(body, "slot_map_ack")?),
             _ => return Err(DecodeError::UnknownKind(kind)),
         };
         Ok(m)
@@ -307,6 +359,8 @@ mod tests {
             Message::AbortDown(Abort { block: 3, reason: AbortReason::Timeout }),
             Message::Confirm(Confirm { block: 3, block_id: Uuid::from_u128(9) }),
             Message::AbortUp(Abort { block: 4, reason: AbortReason::BadTag }),
+            Message::SlotMap(SlotMapUpdate { version: 5, from_frame: 8_400, map: vec![1, 0, 0, 0, 9] }),
+            Message::SlotMapAck(SlotMapAck { version: 5 }),
         ];
         for m in msgs {
             let mut body = Vec::new();

@@ -50,13 +50,14 @@ mod link;
 mod message;
 mod olt;
 mod onu;
+pub mod stream;
 
 pub use auth::{AuthError, AuthLedger, AuthMaterial, LedgerEntry, MemoryLedger, Purpose, SPLIT, Stream};
 pub use frame::{Direction, Frame, FrameError, FrameRepr, HEADER_LEN, MAX_TAG_LEN, VERSION};
 pub use link::{AuthPolicy, Link, LinkError, MAX_AHEAD, Received};
 pub use message::{
     Abort, AbortReason, Ack, Announce, Confirm, DecodeError, Estimate, Finish, Message, Reconcile,
-    ReconcileAnswer, SiftAnswer,
+    ReconcileAnswer, SiftAnswer, SlotMapAck, SlotMapUpdate,
 };
 pub use olt::OltSession;
 pub use onu::OnuSession;
@@ -184,6 +185,18 @@ pub struct BlockStats {
     pub phi: f64,
 }
 
+/// What sifting has shown the OLT about one ONU so far, over every block (finished,
+/// aborted or in progress): the per-intensity statistics the OLT's monitor watches
+/// (decoy yields, test-basis QBER per class). Cumulative since the session started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SiftTotals {
+    /// Detections announced and answered (matched or discarded).
+    pub announced: u64,
+    /// Basis-matched detections per intensity class in both bases, and test-basis errors
+    /// per class (`key.m` stays 0: key-basis errors are known per finished block only).
+    pub counts: crate::sift::DecoyCounts,
+}
+
 /// A finished key block, identical at both ends. `Debug` shows its length only.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeyBlock {
@@ -234,6 +247,9 @@ pub enum Event {
     },
     /// An alarm.
     Alarm(Alarm),
+    /// ONU: the OLT sent a new slot map (authenticated). The driver reconfigures its source
+    /// from `from_frame` on and then calls `OnuSession::ack_slot_map`.
+    SlotMap(message::SlotMapUpdate),
     /// The session stopped and will do nothing more.
     Stopped(AbortReason),
 }

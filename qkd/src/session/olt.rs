@@ -4,8 +4,10 @@
 use super::auth::{AuthLedger, AuthMaterial};
 use super::frame::Direction;
 use super::link::{Link, LinkError, Received};
-use super::message::{Abort, AbortReason, Ack, Announce, Estimate, Finish, Message, Reconcile};
-use super::{Alarm, BlockStats, Event, KeyBlock, SessionConfig, SessionError};
+use super::message::{
+    Abort, AbortReason, Ack, Announce, Estimate, Finish, Message, Reconcile, SlotMapAck, SlotMapUpdate,
+};
+use super::{Alarm, BlockStats, Event, KeyBlock, SessionConfig, SessionError, SiftTotals};
 use crate::bits::BitBlock;
 use crate::finite_key::{BoundInput, binary_entropy, finite_key};
 use crate::pa::{ToeplitzSeed, toeplitz_hash};
@@ -40,6 +42,18 @@ struct InFlight {
     bytes: Vec<u8>,
     deadline: Instant,
     retries: u32,
+    /// Whether the frame carries a tag (then no control tag may overtake it: see
+    /// [`OltSession::send_slot_map`]).
+    tagged: bool,
+}
+
+/// A slot map waiting to be sent or acknowledged.
+struct ControlOut {
+    update: SlotMapUpdate,
+    /// When to send again (`None`: as soon as allowed).
+    deadline: Option<Instant>,
+    /// Transmissions so far.
+    sent: u32,
 }
 
 /// The OLT's session with one ONU. See the [module docs](super) for the method families
@@ -60,6 +74,10 @@ pub struct OltSession<R: CryptoRng> {
     refresh_epoch: bool,
     blocks_in_epoch: u32,
     block_auth_start: u64,
+    sifted: SiftTotals,
+    control: Option<ControlOut>,
+    slot_map_acked: Option<u32>,
+    peer_tags: u64,
 }
 
 impl<R: CryptoRng> core::fmt::Debug for OltSession<R> {
@@ -101,6 +119,10 @@ impl<R: CryptoRng> OltSession<R> {
             refresh_epoch: true,
             blocks_in_epoch: 0,
             block_auth_start: 0,
+            sifted: SiftTotals::default(),
+            control: None,
+            slot_map_acked: None,
+            peer_tags: 0,
         }
     }
 
@@ -122,6 +144,11 @@ impl<R: CryptoRng> OltSession<R> {
     /// Authentication bits spent so far by this end.
     pub fn auth_bits_spent(&self) -> u64 {
         self.link.auth_bits_spent()
+    }
+
+    /// Sifting statistics over every block so far (for the OLT's monitor).
+    pub fn sift_totals(&self) -> &SiftTotals {
+        &self.sifted
     }
 
     /// Detections not yet announced.
@@ -158,6 +185,117 @@ impl<R: CryptoRng> OltSession<R> {
             self.in_flight = None;
             self.abort_block(now, AbortReason::Timeout, false, false);
         }
+        // A slot map not yet acknowledged goes out again on the new connection.
+        if let Some(c) = self.control.as_mut() {
+            c.deadline = None;
+            c.sent = 0;
+        }
+        self.flush_control(now);
+    }
+
+    /// Sends `update` (the ONU's view of a new slot map) on the control path: tagged, out of
+    /// every block, retransmitted every `rto` — each time as a new frame with a fresh pad —
+    /// until the ONU acknowledges it, up to `max_retries` times (then it is dropped and
+    /// [`slot_map_pending`](Self::slot_map_pending) says so; the caller may send it again).
+    /// A newer update replaces one not yet acknowledged.
+    ///
+    /// The map never waits for a block, and a block never waits for it, with one
+    /// exception: it is held while a *tagged* request of the block awaits its reply (at
+    /// most one round trip), because its pad would overtake that request's pad and a
+    /// byte-identical retransmission of the request would then be refused.
+    pub fn send_slot_map(&mut self, now: Instant, update: SlotMapUpdate) -> Result<(), SessionError> {
+        if self.is_stopped() {
+            return Err(SessionError::Stopped);
+        }
+        self.control = Some(ControlOut { update, deadline: None, sent: 0 });
+        self.flush_control(now);
+        Ok(())
+    }
+
+    /// The version of the slot map waiting to be sent or acknowledged, if any.
+    pub fn slot_map_pending(&self) -> Option<u32> {
+        self.control.as_ref().map(|c| c.update.version)
+    }
+
+    /// Forgets the slot map waiting to be acknowledged (e.g. the ONU was declared lost).
+    pub fn cancel_slot_map(&mut self) {
+        self.control = None;
+    }
+
+    /// The newest slot-map version the ONU acknowledged.
+    pub fn slot_map_acked(&self) -> Option<u32> {
+        self.slot_map_acked
+    }
+
+    /// Tagged frames from the ONU whose tags checked out (each proves the ONU holds its
+    /// authentication material: the OLT's evidence that a joining ONU is authentic).
+    pub fn peer_tags_verified(&self) -> u64 {
+        self.peer_tags
+    }
+
+    fn tagged_in_flight(&self) -> bool {
+        self.in_flight.as_ref().is_some_and(|f| f.tagged)
+    }
+
+    /// Sends the pending slot map if it is due and no tagged request awaits its reply; a
+    /// failure (authentication material exhausted) stops the session (fail closed).
+    fn flush_control(&mut self, now: Instant) {
+        if let Err(e) = self.try_flush_control(now) {
+            self.fail(now, e);
+        }
+    }
+
+    fn try_flush_control(&mut self, now: Instant) -> Result<(), LinkError> {
+        if self.is_stopped() || self.tagged_in_flight() {
+            return Ok(());
+        }
+        let Some(c) = self.control.as_ref() else { return Ok(()) };
+        if c.deadline.is_some_and(|d| now < d) {
+            return Ok(());
+        }
+        if c.sent > self.cfg.max_retries {
+            self.control = None;
+            return Ok(());
+        }
+        let between_blocks =
+            self.in_flight.is_none() && matches!(&self.state, State::Sifting(acc) if acc.batch == 0);
+        if c.sent > 0 && between_blocks {
+            // No acknowledgement: the ONU may have refused a forged frame and burnt this hash
+            // key without telling us (outside a block it has nobody to tell). A fresh key
+            // for the retransmission gets through either way; no block uses this one yet.
+            self.link.burn_epoch();
+        }
+        if self.link.epoch().is_none() {
+            // Between blocks after an abort the hash key is burnt: load a fresh one. It is
+            // new (never used by an aborted block), so the next block may keep it.
+            self.link.start_epoch(false)?;
+            self.refresh_epoch = false;
+            self.blocks_in_epoch = 0;
+        }
+        let Some(c) = self.control.as_mut() else { return Ok(()) };
+        let bytes = self.link.send_control(&Message::SlotMap(c.update.clone()), true)?;
+        c.sent += 1;
+        c.deadline = Some(now + self.cfg.rto);
+        self.outbox.push_back(bytes);
+        Ok(())
+    }
+
+    fn on_control(&mut self, msg: Message, authenticated: bool) -> Result<(), SessionError> {
+        match msg {
+            Message::SlotMapAck(SlotMapAck { version }) => {
+                if self.control.as_ref().is_some_and(|c| c.update.version == version) {
+                    self.control = None;
+                    self.slot_map_acked = Some(version);
+                } else if self.slot_map_acked.is_none_or(|v| version > v) && authenticated {
+                    // Only an authenticated ack may vouch for a version we no longer track.
+                    self.slot_map_acked = Some(version);
+                }
+                Ok(())
+            }
+            other => {
+                Err(SessionError::Unexpected { got: other.name(), expected: "a slot-map acknowledgement" })
+            }
+        }
     }
 
     /// The next frame to send.
@@ -179,6 +317,16 @@ impl<R: CryptoRng> OltSession<R> {
             return None;
         }
         let rt = self.in_flight.as_ref().map(|f| f.deadline);
+        // A held slot map goes out when the tagged request is answered (a frame, not a
+        // timer); otherwise at its retransmission deadline.
+        let ctl = match &self.control {
+            Some(c) if !self.tagged_in_flight() => Some(c.deadline.unwrap_or(Instant::ZERO)),
+            _ => None,
+        };
+        let rt = match (rt, ctl) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let sift = match &self.state {
             State::Sifting(acc) if acc.outstanding.is_none() && !self.pending.is_empty() => {
                 self.sift_deadline
@@ -211,11 +359,19 @@ impl<R: CryptoRng> OltSession<R> {
         if self.sift_deadline.is_some_and(|d| now >= d) {
             self.try_announce(now);
         }
+        self.flush_control(now);
     }
 
     /// A frame from the ONU. On `Err` the frame was refused and nothing changed (a refused
     /// tag also burns its pad and hash key and abandons the block).
     pub fn handle_frame(&mut self, now: Instant, bytes: &[u8]) -> Result<(), SessionError> {
+        let r = self.handle_frame_inner(now, bytes);
+        // The frame may have answered the tagged request a slot map was waiting for.
+        self.flush_control(now);
+        r
+    }
+
+    fn handle_frame_inner(&mut self, now: Instant, bytes: &[u8]) -> Result<(), SessionError> {
         if self.is_stopped() {
             return Err(SessionError::Stopped);
         }
@@ -230,6 +386,12 @@ impl<R: CryptoRng> OltSession<R> {
             }
             Err(e) => return Err(e.into()),
         };
+        if authenticated {
+            self.peer_tags += 1;
+        }
+        if msg.is_control() {
+            return self.on_control(msg, authenticated);
+        }
         if msg.block() != self.block {
             // An answer to an earlier block (e.g. a late retransmission): stale, ignored.
             return Err(SessionError::Unexpected {
@@ -260,10 +422,16 @@ impl<R: CryptoRng> OltSession<R> {
     }
 
     fn send(&mut self, now: Instant, msg: &Message, expect_reply: bool) -> Result<(), LinkError> {
+        let tagged = self.link.policy().tags(msg);
+        if expect_reply && tagged {
+            // Last chance for a due slot map before this request holds it back.
+            self.in_flight = None;
+            self.try_flush_control(now)?;
+        }
         let bytes = self.link.send(msg)?;
         if expect_reply {
             self.in_flight =
-                Some(InFlight { bytes: bytes.clone(), deadline: now + self.cfg.rto, retries: 0 });
+                Some(InFlight { bytes: bytes.clone(), deadline: now + self.cfg.rto, retries: 0, tagged });
         }
         self.outbox.push_back(bytes);
         Ok(())
@@ -343,6 +511,7 @@ impl<R: CryptoRng> OltSession<R> {
         let _ =
             self.send(now, &Message::AbortDown(Abort { block: self.block, reason: reason.clone() }), false);
         self.in_flight = None;
+        self.control = None;
         self.state = State::Stopped;
         self.events.push_back(Event::Stopped(reason));
     }
@@ -401,11 +570,16 @@ impl<R: CryptoRng> OltSession<R> {
         };
         let rx =
             sift::apply_answer(dets, &a.answer).map_err(|e| SessionError::PeerMisbehaved(e.to_string()))?;
+        let announced = dets.len() as u64;
         acc.outstanding = None;
         self.in_flight = None;
         acc.key.bits.extend_from(&rx.key.bits);
         acc.key.intensities.extend_from_slice(&rx.key.intensities);
+        self.sifted.announced += announced;
         for k in 0..3 {
+            self.sifted.counts.key.n[k] += rx.counts.key.n[k];
+            self.sifted.counts.test.n[k] += rx.counts.test.n[k];
+            self.sifted.counts.test.m[k] += rx.counts.test.m[k];
             acc.counts.key.n[k] += rx.counts.key.n[k];
             acc.counts.test.n[k] += rx.counts.test.n[k];
             acc.counts.test.m[k] += rx.counts.test.m[k];

@@ -5,7 +5,7 @@ use super::auth::{AuthLedger, AuthMaterial};
 use super::frame::Direction;
 use super::link::{Link, LinkError, Received};
 use super::message::{
-    Abort, AbortReason, Ack, Announce, Confirm, Estimate, Finish, Message, ReconcileAnswer,
+    Abort, AbortReason, Ack, Announce, Confirm, Estimate, Finish, Message, ReconcileAnswer, SlotMapAck,
 };
 use super::{Alarm, BlockStats, Event, KeyBlock, SessionConfig, SessionError};
 use crate::bits::BitBlock;
@@ -59,6 +59,14 @@ pub struct OnuSession {
     last_reply: Option<Vec<u8>>,
     pending: Option<Pending>,
     block_auth_start: u64,
+    /// The newest slot-map version handed to the driver, and the newest it installed.
+    slot_map_seen: Option<u32>,
+    slot_map_installed: Option<u32>,
+    /// After a new connection the OLT re-sends the map in force: accept it again.
+    slot_map_resync: bool,
+    /// Our last reply was tagged and the OLT may still make us re-send it (it has not
+    /// sent anything new since): no tagged acknowledgement may overtake its pad.
+    tagged_reply_unsettled: bool,
 }
 
 impl core::fmt::Debug for OnuSession {
@@ -87,6 +95,10 @@ impl OnuSession {
             last_reply: None,
             pending: None,
             block_auth_start: 0,
+            slot_map_seen: None,
+            slot_map_installed: None,
+            slot_map_resync: false,
+            tagged_reply_unsettled: false,
         }
     }
 
@@ -130,6 +142,8 @@ impl OnuSession {
     pub fn reset_link(&mut self) {
         self.link.reset();
         self.last_reply = None;
+        self.tagged_reply_unsettled = false;
+        self.slot_map_resync = true;
         if !self.is_stopped() {
             self.state = State::Idle;
         }
@@ -137,6 +151,7 @@ impl OnuSession {
 
     fn reply(&mut self, msg: &Message) -> Result<(), LinkError> {
         let bytes = self.link.send(msg)?;
+        self.tagged_reply_unsettled = self.link.policy().tags(msg);
         self.last_reply = Some(bytes.clone());
         self.outbox.push_back(bytes);
         Ok(())
@@ -183,6 +198,11 @@ impl OnuSession {
             }
             Err(e) => return Err(e.into()),
         };
+        if msg.is_control() {
+            return self.on_control(msg, authenticated);
+        }
+        // A new block message: the OLT has our last reply and will not ask for it again.
+        self.tagged_reply_unsettled = false;
         let block = msg.block();
         match msg {
             Message::Announce(a) => self.on_announce(a),
@@ -207,6 +227,76 @@ impl OnuSession {
                 got: other.name(),
                 expected: "a message of the current block (estimate, finish and ack authenticated)",
             }),
+        }
+    }
+
+    fn on_control(&mut self, msg: Message, authenticated: bool) -> Result<(), SessionError> {
+        let Message::SlotMap(u) = msg else {
+            return Err(SessionError::Unexpected { got: msg.name(), expected: "a slot map" });
+        };
+        if !authenticated {
+            // The link refuses untagged slot maps; this is a second line.
+            return Err(SessionError::Unexpected { got: "slot_map", expected: "an authenticated slot map" });
+        }
+        match self.slot_map_seen {
+            Some(v) if u.version < v => {
+                return Err(SessionError::Unexpected {
+                    got: "slot_map",
+                    expected: "a slot map newer than the one installed",
+                });
+            }
+            Some(v) if u.version == v && !self.slot_map_resync => {
+                // A retransmission: our acknowledgement was lost (or the driver has not
+                // installed the map yet, and will acknowledge it when it does).
+                if self.slot_map_installed == Some(v) {
+                    self.send_slot_map_ack(v);
+                }
+                return Ok(());
+            }
+            _ => {}
+        }
+        self.slot_map_seen = Some(u.version);
+        self.slot_map_resync = false;
+        self.events.push_back(Event::SlotMap(u));
+        Ok(())
+    }
+
+    /// The driver installed slot map `version` (from [`Event::SlotMap`]): acknowledge it to
+    /// the OLT, which then stops retransmitting it.
+    pub fn ack_slot_map(&mut self, version: u32) -> Result<(), SessionError> {
+        if self.is_stopped() {
+            return Err(SessionError::Stopped);
+        }
+        if self.slot_map_seen != Some(version) {
+            return Err(SessionError::ApiMisuse("acknowledging a slot map that is not the newest received"));
+        }
+        self.slot_map_installed = Some(version);
+        self.send_slot_map_ack(version);
+        Ok(())
+    }
+
+    /// The newest slot-map version received (handed to the driver as [`Event::SlotMap`]).
+    pub fn slot_map_version(&self) -> Option<u32> {
+        self.slot_map_seen
+    }
+
+    /// Sends the acknowledgement, tagged when that is safe (see [`super::link`]): no tagged
+    /// reply may still be re-sent, and the upstream reserve keeps the block's floor. A
+    /// tagged acknowledgement also authenticates this ONU to the OLT.
+    fn send_slot_map_ack(&mut self, version: u32) {
+        let msg = Message::SlotMapAck(SlotMapAck { version });
+        let pad = self.cfg.mac.pad_len() as u64;
+        let (_, tx, _) = self.link.reserve();
+        let tag = !self.tagged_reply_unsettled && self.link.epoch().is_some() && tx >= 3 * pad;
+        let bytes = match self.link.send_control(&msg, tag) {
+            Ok(b) => Ok(b),
+            // Authentication could not be used: the ack only stops retransmissions, so it
+            // goes untagged rather than not at all.
+            Err(_) if tag => self.link.send_control(&msg, false),
+            Err(e) => Err(e),
+        };
+        if let Ok(b) = bytes {
+            self.outbox.push_back(b);
         }
     }
 

@@ -180,6 +180,10 @@ impl Pair {
                     pulses.iter().map(|p| p.and_then(|p| self.pulses.get(&p).copied())).collect();
                 self.onu.handle_pulses(self.now, *request, &recs).expect("pulses for an open request");
             }
+            // A driver installs every slot map at once (the ONU acknowledges it then).
+            if let Event::SlotMap(u) = &e {
+                self.onu.ack_slot_map(u.version).expect("ack of the newest slot map");
+            }
             self.onu_events.push(e);
             while let Some(f) = self.onu.poll_transmit() {
                 self.send(Direction::Upstream, f);

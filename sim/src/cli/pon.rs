@@ -1,8 +1,8 @@
 //! `qpon-sim pon`: the whole-PON emulation — the project's main job.
 //!
-//! The same OLT and ONU drivers as the binaries, the event sampler as their hardware, a
-//! simulated medium with per-ONU fibre delay and seeded frame loss, one discrete-event
-//! clock. Prints per ONU: slot share, detections, QBER, blocks, secret bits, key rate,
+//! The same OLT and ONU drivers as the binaries, the event sampler as their hardware,
+//! smoltcp TCP/IP on a simulated PON medium with per-ONU fibre delay and seeded packet
+//! loss, one discrete-event clock. Prints per ONU: slot share, detections, QBER, blocks, secret bits, key rate,
 //! authentication bits spent, pool level, alarms; and the aggregates. The same seed gives
 //! the same report.
 //!
@@ -13,7 +13,7 @@
 use super::CliError;
 use super::io::write_json;
 use super::rate::{ScenarioArgs, resolve};
-use crate::pon::{PonOptions, PonReport, run};
+use crate::pon::{Churn, ChurnAction, Medium, PonOptions, PonReport, run};
 use crate::scenario::DetectorProfile;
 use std::path::PathBuf;
 
@@ -39,12 +39,30 @@ pub struct Args {
     /// secrets); the sampler's seed is the scenario's.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// Probability that a frame on the medium is lost.
+    /// Probability that a packet on the medium is lost.
     #[arg(long, default_value_t = 0.0)]
     pub drop_chance: f64,
+    /// What carries the classical channel: TCP/IP (smoltcp) or one datagram per frame
+    /// (the sessions retransmit, with a 5 ms timeout).
+    #[arg(long, value_enum, default_value_t = Medium::Tcp)]
+    pub medium: Medium,
     /// Worker threads (default: all cores).
     #[arg(long)]
     pub workers: Option<usize>,
+    /// How the scheduler shares the receiver: equal gates (the scenario's shares, which
+    /// `qpon-sim rate` assumes) or max-min fair key rate.
+    #[arg(long, value_enum, default_value_t = PolicyArg::EqualGates)]
+    pub policy: PolicyArg,
+    /// Scheduling period, virtual seconds (the slot map is recomputed once per period).
+    #[arg(long, value_name = "S", default_value_t = 1.0)]
+    pub period: f64,
+    /// An ONU goes dark at a virtual time: `ONU@SECONDS` (repeatable), e.g. `--leave 5@10`.
+    #[arg(long, value_name = "ONU@S", value_parser = parse_churn)]
+    pub leave: Vec<(usize, f64)>,
+    /// An ONU joins (or comes back) at a virtual time: `ONU@SECONDS` (repeatable), e.g.
+    /// `--join 5@20`. An ONU whose first event is a join starts dark.
+    #[arg(long, value_name = "ONU@S", value_parser = parse_churn)]
+    pub join: Vec<(usize, f64)>,
     /// Scenario options (file, eavesdroppers).
     #[command(flatten)]
     pub scenario: ScenarioArgs,
@@ -52,6 +70,35 @@ pub struct Args {
     #[arg(long, value_name = "FILE", num_args = 0..=1)]
     #[allow(clippy::option_option)]
     pub json: Option<Option<PathBuf>>,
+}
+
+/// `--policy` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum PolicyArg {
+    /// The same number of gates for every active ONU.
+    EqualGates,
+    /// Equalise key rates (gates ∝ 1/quality).
+    MaxMin,
+}
+
+impl From<PolicyArg> for qpon_mux::Policy {
+    fn from(p: PolicyArg) -> Self {
+        match p {
+            PolicyArg::EqualGates => qpon_mux::Policy::EqualGates,
+            PolicyArg::MaxMin => qpon_mux::Policy::MaxMinFair,
+        }
+    }
+}
+
+/// Parses `ONU@SECONDS`.
+fn parse_churn(s: &str) -> Result<(usize, f64), String> {
+    let (onu, at) = s.split_once('@').ok_or_else(|| format!("`{s}`: expected ONU@SECONDS, e.g. 5@10"))?;
+    let onu: usize = onu.trim().parse().map_err(|_| format!("`{s}`: `{onu}` is not an ONU index"))?;
+    let at: f64 = at.trim().parse().map_err(|_| format!("`{s}`: `{at}` is not a number of seconds"))?;
+    if !(at.is_finite() && at >= 0.0) {
+        return Err(format!("`{s}`: the time must be ≥ 0 seconds"));
+    }
+    Ok((onu, at))
 }
 
 /// The human-readable table.
@@ -87,9 +134,16 @@ pub fn table(r: &PonReport) -> String {
     }
     let a = &r.aggregate;
     s.push_str(&format!(
-        "aggregate ({} ONUs, {} s): {} detections, {} blocks, {} secret bits, {:.1} bit/s; {} frames ({} dropped); blocks disagreeing: {}\n",
+        "aggregate ({} ONUs, {} s): {} detections, {} blocks, {} secret bits, {:.1} bit/s; {} packets ({} dropped); blocks disagreeing: {}\n",
         a.onus, a.seconds, a.detections, a.blocks, a.secret_bits, a.key_rate_bits_per_s, a.frames, a.frames_dropped, a.blocks_disagreeing
     ));
+    for m in &r.slot_maps {
+        let owners = m.gates.iter().filter(|&&g| g > 0).count();
+        s.push_str(&format!(
+            "slot map v{} decided at {:.2} s, from frame {}: {} ONUs with slots\n",
+            m.version, m.at_s, m.from_frame, owners
+        ));
+    }
     s
 }
 
@@ -107,12 +161,38 @@ pub fn run_cli(args: Args) -> Result<(), CliError> {
     let detector =
         args.detector.or(if args.scenario.scenario.is_none() { Some(DetectorProfile::Snspd) } else { None });
     let pon = resolve(args.scenario.load()?, Some(args.onus), args.fiber_km, detector, args.block)?;
+    if !(args.period.is_finite() && args.period > 0.0) {
+        return Err(CliError::BadInput(format!("invalid `period`: {} must be > 0", args.period)));
+    }
+    let mut churn = Vec::new();
+    for (list, action, field) in
+        [(&args.leave, ChurnAction::Leave, "leave"), (&args.join, ChurnAction::Join, "join")]
+    {
+        for &(onu, at_s) in list {
+            if onu >= pon.onus.len() {
+                return Err(CliError::BadInput(format!(
+                    "invalid `{field}`: ONU {onu} does not exist (the PON has {})",
+                    pon.onus.len()
+                )));
+            }
+            churn.push(Churn { at_s, onu, action });
+        }
+    }
     let mut opts = PonOptions {
         seconds: args.seconds,
         seed: args.seed,
         drop_chance: args.drop_chance,
+        policy: args.policy.into(),
+        scheduling_period_s: args.period,
+        churn,
+        medium: args.medium,
         ..PonOptions::default()
     };
+    if args.medium == Medium::Datagram {
+        // Nothing below the sessions retransmits: their timer must be short against the
+        // block time (the round trip is ~0.2 ms).
+        opts.session.rto = qpon_qkd::time::Duration::from_millis(5);
+    }
     if let Some(w) = args.workers {
         opts.workers = w.max(1);
     }

@@ -1,0 +1,41 @@
+//! # qpon-node — plumbing shared by the qpon binaries
+//!
+//! `olt`, `onu` (and later `sensor-auth`) are long-running services with the same needs:
+//! TOML configuration files whose errors name the field, pre-shared secrets on disk,
+//! structured logs, clean shutdown on SIGINT/SIGTERM, and an HTTP endpoint serving
+//! Prometheus `/metrics` and a JSON `/status` that their `status` subcommand prints. None
+//! of this is protocol logic; it lives here once instead of in each binary.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod http;
+pub mod logging;
+pub mod psk;
+
+pub use config::{ConfigError, parse_toml};
+pub use http::{StatusPage, fetch, serve_status};
+pub use psk::{MIN_PSK_BYTES, read_psk, write_psk};
+
+/// Resolves when the process is asked to stop (SIGINT or SIGTERM; Ctrl-C elsewhere).
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+            (Ok(mut int), Ok(mut term)) => {
+                tokio::select! {
+                    _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+                    _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

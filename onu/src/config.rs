@@ -1,0 +1,196 @@
+//! The `onu` configuration file (TOML). The commented default file, [`DEFAULT_CONFIG`], is
+//! shipped in the binary (`onu show-config`); every key has the default it documents, and
+//! an unknown key is an error naming it.
+
+use qpon_node::parse_toml;
+use qpon_qkd::finite_key::DecoyParams;
+use qpon_qkd::session::SessionConfig;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+pub use qpon_node::ConfigError;
+
+/// The commented default configuration.
+pub const DEFAULT_CONFIG: &str = include_str!("../onu.toml");
+
+/// The whole configuration.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OnuConfig {
+    /// Process and identity settings.
+    #[serde(default)]
+    pub onu: NodeSection,
+    /// The quantum backend.
+    #[serde(default)]
+    pub backend: BackendSection,
+    /// Session parameters (`onu`, `decoy` and `pulse_offset` come from [`NodeSection`]).
+    #[serde(default)]
+    pub session: SessionConfig,
+}
+
+/// `[onu]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeSection {
+    /// This ONU's id (required to run).
+    pub id: Option<u16>,
+    /// The pre-shared secret (required to run).
+    pub psk_file: Option<PathBuf>,
+    /// The OLT's address.
+    pub olt: String,
+    /// HTTP address of `/metrics` and `/status`; empty = disabled.
+    pub metrics_listen: String,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Equalisation delay in gates.
+    pub pulse_offset: i64,
+    /// Reconnection back-off bounds, ms.
+    pub reconnect_min_ms: u64,
+    /// See `reconnect_min_ms`.
+    pub reconnect_max_ms: u64,
+    /// Source poll period, ms.
+    pub poll_ms: u64,
+    /// Statistics refresh period, ms.
+    pub stats_ms: u64,
+    /// The source.
+    pub decoy: DecoyParams,
+}
+
+impl Default for NodeSection {
+    fn default() -> Self {
+        Self {
+            id: None,
+            psk_file: None,
+            olt: "127.0.0.1:7400".into(),
+            metrics_listen: "127.0.0.1:9401".into(),
+            data_dir: PathBuf::from("/var/lib/qpon/onu"),
+            pulse_offset: 0,
+            reconnect_min_ms: 100,
+            reconnect_max_ms: 5000,
+            poll_ms: 5,
+            stats_ms: 1000,
+            decoy: DecoyParams::default(),
+        }
+    }
+}
+
+/// `[backend]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BackendSection {
+    /// `board` (the only kind a configuration file can select).
+    pub kind: BackendKind,
+    /// The board's UDP address.
+    pub address: String,
+}
+
+impl Default for BackendSection {
+    fn default() -> Self {
+        Self { kind: BackendKind::Board, address: "192.0.2.20:5000".into() }
+    }
+}
+
+/// Quantum backends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendKind {
+    /// The FPGA source board.
+    Board,
+}
+
+impl OnuConfig {
+    /// Parses a configuration; `base` resolves a relative `psk_file`.
+    pub fn parse(text: &str, base: &Path) -> Result<Self, ConfigError> {
+        let mut cfg: OnuConfig = parse_toml(text)?;
+        if let Some(p) = &mut cfg.onu.psk_file
+            && p.is_relative()
+        {
+            *p = base.join(&*p);
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Reads and parses a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("reading {}: {e}", path.display())))?;
+        Self::parse(&text, path.parent().unwrap_or(Path::new(".")))
+    }
+
+    /// Checks what serde cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let o = &self.onu;
+        if o.poll_ms == 0 || o.poll_ms > 1000 {
+            return Err(ConfigError::field("onu.poll_ms", "must be in 1..=1000"));
+        }
+        if o.stats_ms == 0 {
+            return Err(ConfigError::field("onu.stats_ms", "must be at least 1"));
+        }
+        if o.reconnect_min_ms == 0 || o.reconnect_max_ms < o.reconnect_min_ms {
+            return Err(ConfigError::field(
+                "onu.reconnect_max_ms",
+                "need 0 < reconnect_min_ms ≤ reconnect_max_ms",
+            ));
+        }
+        if !o.metrics_listen.is_empty() && o.metrics_listen.parse::<SocketAddr>().is_err() {
+            return Err(ConfigError::field("onu.metrics_listen", "must be host:port or empty"));
+        }
+        if o.olt.is_empty() {
+            return Err(ConfigError::field("onu.olt", "must be host:port"));
+        }
+        o.decoy.validate().map_err(|e| ConfigError::field("onu.decoy", e))?;
+        Ok(())
+    }
+
+    /// Checks that the keys needed to run are present.
+    pub fn require_identity(&self) -> Result<(u16, &Path), ConfigError> {
+        let id = self.onu.id.ok_or_else(|| ConfigError::field("onu.id", "required"))?;
+        let psk =
+            self.onu.psk_file.as_deref().ok_or_else(|| ConfigError::field("onu.psk_file", "required"))?;
+        Ok((id, psk))
+    }
+
+    /// The session configuration.
+    pub fn session(&self) -> SessionConfig {
+        SessionConfig {
+            onu: self.onu.id.unwrap_or(0),
+            decoy: self.onu.decoy,
+            pulse_offset: self.onu.pulse_offset,
+            ..self.session.clone()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_default_parses_to_the_defaults() {
+        let cfg = OnuConfig::parse(DEFAULT_CONFIG, Path::new(".")).unwrap();
+        assert_eq!(cfg.onu, NodeSection::default());
+        assert_eq!(cfg.backend, BackendSection::default());
+        assert_eq!(cfg.session, SessionConfig::default());
+        assert!(cfg.require_identity().unwrap_err().0.contains("onu.id"));
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = OnuConfig::parse("[onu]\nid = 70000\n", Path::new(".")).unwrap_err();
+        assert!(e.0.contains("onu.id"), "{e}");
+        let e = OnuConfig::parse("[onu]\nreconnect_min_ms = 0\n", Path::new(".")).unwrap_err();
+        assert!(e.0.contains("reconnect"), "{e}");
+        let e = OnuConfig::parse("[backend]\nkind = \"usb\"\n", Path::new(".")).unwrap_err();
+        assert!(e.0.contains("backend.kind"), "{e}");
+    }
+
+    #[test]
+    fn identity_and_relative_psk() {
+        let cfg = OnuConfig::parse("[onu]\nid = 9\npsk_file = \"k.psk\"\n", Path::new("/etc/qpon")).unwrap();
+        let (id, psk) = cfg.require_identity().unwrap();
+        assert_eq!((id, psk), (9, Path::new("/etc/qpon/k.psk")));
+        assert_eq!(cfg.session().onu, 9);
+    }
+}

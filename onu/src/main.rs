@@ -1,0 +1,104 @@
+//! `onu`: the ONU service. See `onu --help`.
+
+use clap::{Parser, Subcommand};
+use qpon_node::logging::{self, LogFormat};
+use qpon_onu::config::{BackendKind, DEFAULT_CONFIG, OnuConfig};
+use qpon_onu::status::OnuStatus;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// The qpon ONU: a QKD source, one distillation session with the OLT, a key pool.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    /// Log format on standard error (level from RUST_LOG, default info).
+    #[arg(long, global = true, default_value = "text")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Runs the ONU until SIGINT or SIGTERM.
+    Run {
+        /// Configuration file (`onu show-config` prints a commented default).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Prints the commented default configuration, or with --config the configuration a
+    /// file resolves to (defaults filled in).
+    ShowConfig {
+        /// Configuration file to resolve.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Prints a running ONU's figures (from its status endpoint).
+    Status {
+        /// The ONU's `metrics_listen` address.
+        #[arg(long, default_value = "127.0.0.1:9401")]
+        addr: String,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    logging::init(cli.log_format);
+    match run(cli.cmd) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err((code, msg)) => {
+            eprintln!("onu: {msg}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn run(cmd: Cmd) -> Result<(), (u8, String)> {
+    match cmd {
+        Cmd::ShowConfig { config: None } => {
+            print!("{DEFAULT_CONFIG}");
+            Ok(())
+        }
+        Cmd::ShowConfig { config: Some(path) } => {
+            let cfg = OnuConfig::load(&path).map_err(|e| (2, e.to_string()))?;
+            print!("{}", toml::to_string_pretty(&cfg).map_err(|e| (1, e.to_string()))?);
+            Ok(())
+        }
+        Cmd::Status { addr, json } => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| (1, format!("starting the runtime: {e}")))?;
+            rt.block_on(async {
+                let body = qpon_node::fetch(&addr, "/status").await.map_err(|e| (1, e))?;
+                if json {
+                    println!("{body}");
+                } else {
+                    let s: OnuStatus =
+                        serde_json::from_str(&body).map_err(|e| (1, format!("bad status: {e}")))?;
+                    print!("{}", s.to_table());
+                }
+                Ok(())
+            })
+        }
+        Cmd::Run { config } => {
+            let cfg = OnuConfig::load(&config).map_err(|e| (2, e.to_string()))?;
+            cfg.require_identity().map_err(|e| (2, e.to_string()))?;
+            match cfg.backend.kind {
+                // The source-board driver is the hardware issue's; until it lands the
+                // service runs only in-process, with the simulator as its source.
+                BackendKind::Board => Err((
+                    2,
+                    format!(
+                        "backend `board` ({}): the source-board driver is not implemented yet; \
+                         use `qpon-sim pon` to emulate a whole PON",
+                        cfg.backend.address
+                    ),
+                )),
+            }
+        }
+    }
+}
