@@ -1,9 +1,12 @@
 //! `olt`: the OLT service. See `olt --help`.
 
 use clap::{Parser, Subcommand};
+use qpon_hw::DetectorSource;
 use qpon_node::logging::{self, LogFormat};
 use qpon_olt::config::{BackendKind, DEFAULT_CONFIG, OltConfig};
+use qpon_olt::service::{OltHandle, OltParts};
 use qpon_olt::status::OltStatus;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -66,6 +69,22 @@ fn main() -> ExitCode {
     }
 }
 
+/// The receiver the configuration selects.
+fn backend(cfg: &OltConfig) -> Result<Box<dyn DetectorSource + Send>, (u8, String)> {
+    match cfg.backend.kind {
+        // The detector-board driver is the hardware issue's; until it lands the service
+        // runs only in-process, with the simulator as its receiver (`tests/`, `qpon-sim`).
+        BackendKind::Board => Err((
+            2,
+            format!(
+                "backend `board` ({}): the detector-board driver is not implemented yet; \
+                 use `qpon-sim pon` to emulate a whole PON",
+                cfg.backend.address
+            ),
+        )),
+    }
+}
+
 fn run(cmd: Cmd) -> Result<(), (u8, String)> {
     let rt = || {
         tokio::runtime::Builder::new_multi_thread()
@@ -108,19 +127,19 @@ fn run(cmd: Cmd) -> Result<(), (u8, String)> {
             if cfg.onu.is_empty() {
                 return Err((2, "invalid `onu`: configure at least one ONU".into()));
             }
-            match cfg.backend.kind {
-                // The detector-board driver is the hardware issue's; until it lands the
-                // service runs only in-process, with the simulator as its receiver
-                // (`tests/`, `qpon-sim`).
-                BackendKind::Board => Err((
-                    2,
-                    format!(
-                        "backend `board` ({}): the detector-board driver is not implemented yet; \
-                         use `qpon-sim pon` to emulate a whole PON",
-                        cfg.backend.address
-                    ),
-                )),
-            }
+            let detector = backend(&cfg)?;
+            rt()?.block_on(async move {
+                let parts = OltParts { detector, slot_map: None, pools: BTreeMap::new() };
+                let olt = OltHandle::start(cfg, parts).await.map_err(|e| (2, e.to_string()))?;
+                qpon_node::shutdown_signal().await;
+                let fin = olt.shutdown().await;
+                tracing::info!(
+                    onus = fin.onus.len(),
+                    blocks = fin.onus.iter().map(|o| o.blocks).sum::<u64>(),
+                    "stopped"
+                );
+                Ok(())
+            })
         }
     }
 }

@@ -1,8 +1,10 @@
 //! `onu`: the ONU service. See `onu --help`.
 
 use clap::{Parser, Subcommand};
+use qpon_hw::PulseSource;
 use qpon_node::logging::{self, LogFormat};
 use qpon_onu::config::{BackendKind, DEFAULT_CONFIG, OnuConfig};
+use qpon_onu::service::OnuHandle;
 use qpon_onu::status::OnuStatus;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -56,6 +58,22 @@ fn main() -> ExitCode {
     }
 }
 
+/// The source the configuration selects.
+fn backend(cfg: &OnuConfig) -> Result<Box<dyn PulseSource + Send>, (u8, String)> {
+    match cfg.backend.kind {
+        // The source-board driver is the hardware issue's; until it lands the service runs
+        // only in-process, with the simulator as its source.
+        BackendKind::Board => Err((
+            2,
+            format!(
+                "backend `board` ({}): the source-board driver is not implemented yet; \
+                 use `qpon-sim pon` to emulate a whole PON",
+                cfg.backend.address
+            ),
+        )),
+    }
+}
+
 fn run(cmd: Cmd) -> Result<(), (u8, String)> {
     match cmd {
         Cmd::ShowConfig { config: None } => {
@@ -87,18 +105,19 @@ fn run(cmd: Cmd) -> Result<(), (u8, String)> {
         Cmd::Run { config } => {
             let cfg = OnuConfig::load(&config).map_err(|e| (2, e.to_string()))?;
             cfg.require_identity().map_err(|e| (2, e.to_string()))?;
-            match cfg.backend.kind {
-                // The source-board driver is the hardware issue's; until it lands the
-                // service runs only in-process, with the simulator as its source.
-                BackendKind::Board => Err((
-                    2,
-                    format!(
-                        "backend `board` ({}): the source-board driver is not implemented yet; \
-                         use `qpon-sim pon` to emulate a whole PON",
-                        cfg.backend.address
-                    ),
-                )),
-            }
+            let source = backend(&cfg)?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| (1, format!("starting the runtime: {e}")))?;
+            rt.block_on(async move {
+                let pool = Box::new(qpon_kms::MemoryPool::new());
+                let onu = OnuHandle::start(cfg, source, pool).await.map_err(|e| (2, e.to_string()))?;
+                qpon_node::shutdown_signal().await;
+                let fin = onu.shutdown().await;
+                tracing::info!(blocks = fin.blocks, secret_bits = fin.secret_bits, "stopped");
+                Ok(())
+            })
         }
     }
 }

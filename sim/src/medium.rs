@@ -49,6 +49,7 @@
 //! no hash-map iteration order.
 
 use qpon_qkd::rng::{ChaCha20Rng, seeded};
+use qpon_qkd::session::stream::StreamDecoder;
 use qpon_qkd::time::{Duration, Instant};
 use rand::RngExt;
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
@@ -272,58 +273,12 @@ struct OutMsg {
     off: usize,
 }
 
-/// Reassembles length-prefixed messages from a byte stream.
-#[derive(Default)]
-struct Reader {
-    hdr: [u8; 4],
-    hdr_len: usize,
-    body: Option<Vec<u8>>,
-    need: usize,
-}
-
-impl Reader {
-    /// Consumes `buf`, pushing complete messages to `out`; `Err` on a bad length.
-    fn push(&mut self, mut buf: &[u8], max: usize, mut out: impl FnMut(Vec<u8>)) -> Result<(), u32> {
-        while !buf.is_empty() {
-            match &mut self.body {
-                None => {
-                    let n = (4 - self.hdr_len).min(buf.len());
-                    self.hdr[self.hdr_len..self.hdr_len + n].copy_from_slice(&buf[..n]);
-                    self.hdr_len += n;
-                    buf = &buf[n..];
-                    if self.hdr_len == 4 {
-                        let len = u32::from_be_bytes(self.hdr);
-                        if len as usize > max {
-                            return Err(len);
-                        }
-                        self.hdr_len = 0;
-                        self.need = len as usize;
-                        if len == 0 {
-                            out(Vec::new());
-                        } else {
-                            self.body = Some(Vec::with_capacity(self.need));
-                        }
-                    }
-                }
-                Some(body) => {
-                    let n = (self.need - body.len()).min(buf.len());
-                    body.extend_from_slice(&buf[..n]);
-                    buf = &buf[n..];
-                    if body.len() == self.need {
-                        out(self.body.take().unwrap_or_default());
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
 /// One end of a connection.
 struct End {
     handle: SocketHandle,
     sendq: VecDeque<OutMsg>,
-    reader: Reader,
+    /// Reassembles the length-prefixed messages (the same framing as the binaries' TCP).
+    reader: StreamDecoder,
     /// Highest TCP sequence number sent (for counting retransmissions).
     snd_max: Option<u32>,
 }
@@ -331,7 +286,7 @@ struct End {
 impl End {
     fn clear(&mut self) {
         self.sendq.clear();
-        self.reader = Reader::default();
+        self.reader = StreamDecoder::new(self.reader.max());
         self.snd_max = None;
     }
 }
@@ -455,8 +410,13 @@ impl TcpMedium {
             st.conns.push(k);
             m.stacks.push(st);
             let onu_s = m.stacks.len() - 1;
-            let end =
-                |handle| End { handle, sendq: VecDeque::new(), reader: Reader::default(), snd_max: None };
+            let max = u32::try_from(m.cfg.max_message).unwrap_or(u32::MAX);
+            let end = |handle| End {
+                handle,
+                sendq: VecDeque::new(),
+                reader: StreamDecoder::new(max),
+                snd_max: None,
+            };
             m.conns.push(Conn {
                 ends: [end(olt_h), end(onu_h)],
                 stacks: [olt_s, onu_s],
@@ -716,7 +676,6 @@ impl TcpMedium {
     fn pump(&mut self, s: usize, broken: &mut Vec<usize>) -> bool {
         let side = self.stacks[s].side;
         let dir = if side == 0 { Direction::Up } else { Direction::Down };
-        let max = self.cfg.max_message;
         let Self { stacks, conns, inbox, counters, .. } = self;
         let st = &mut stacks[s];
         let mut progress = false;
@@ -746,13 +705,20 @@ impl TcpMedium {
             }
             while sock.can_recv() {
                 let r = sock.recv(|buf| {
-                    let r = end.reader.push(buf, max, |m| {
-                        match dir {
-                            Direction::Down => counters.messages_down += 1,
-                            Direction::Up => counters.messages_up += 1,
+                    end.reader.push(buf);
+                    let r = loop {
+                        match end.reader.next_frame() {
+                            Ok(Some(m)) => {
+                                match dir {
+                                    Direction::Down => counters.messages_down += 1,
+                                    Direction::Up => counters.messages_up += 1,
+                                }
+                                inbox.push_back((k, dir, m));
+                            }
+                            Ok(None) => break Ok(()),
+                            Err(e) => break Err(e),
                         }
-                        inbox.push_back((k, dir, m));
-                    });
+                    };
                     (buf.len(), r)
                 });
                 progress = true;
@@ -902,12 +868,11 @@ impl TcpMedium {
 /// Which medium carries the emulation's classical channel.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Medium {
-    /// Length-prefixed messages over smoltcp TCP/IP ([`TcpMedium`], DESIGN.md §6).
+    /// Length-prefixed messages over smoltcp TCP/IP (the default; DESIGN.md §6)
     #[default]
     Tcp,
-    /// Each message is one datagram, delivered after the fibre delay or lost
-    /// ([`DatagramMedium`]); nothing retransmits but the sessions, so their `rto` must be
-    /// short (a few ms).
+    /// One datagram per message, after the fibre delay or lost; only the sessions
+    /// retransmit (5 ms timeout)
     Datagram,
 }
 
@@ -1245,12 +1210,6 @@ mod tests {
         let cfg = TcpConfig { max_message: 1000, ..TcpConfig::default() };
         let mut m = TcpMedium::with_config(1, vec![Duration::from_micros(20)], 0.0, 4, cfg);
         assert!(matches!(m.send_down(0, vec![0; 1001]), Err(SendError::TooLong { .. })));
-        let mut r = Reader::default();
-        let mut out = Vec::new();
-        assert_eq!(r.push(&[0, 0, 0, 3, 1, 2], 1000, |m| out.push(m)), Ok(()));
-        assert_eq!(r.push(&[3, 0, 0], 1000, |m| out.push(m)), Ok(()));
-        assert_eq!(r.push(&[0, 0, 0, 0, 0x10, 0], 1000, |m| out.push(m)), Err(0x1000));
-        assert_eq!(out, vec![vec![1, 2, 3], vec![]]);
         // A peer announcing too long a message gets its connection reset.
         run_until(&mut m, Instant::from_millis(1), |_, _, _, _| false);
         assert!(m.is_up(0));

@@ -106,6 +106,11 @@ impl StreamDecoder {
         self.buf.extend_from_slice(bytes);
     }
 
+    /// The largest frame accepted.
+    pub fn max(&self) -> u32 {
+        self.max
+    }
+
     /// Bytes buffered but not yet returned.
     pub fn buffered(&self) -> usize {
         self.buf.len() - self.start
