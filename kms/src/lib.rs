@@ -1,13 +1,19 @@
 //! # qpon-kms — per-ONU key pools
 //!
-//! Today: the [`KeyPool`] trait the OLT and ONU drivers append finished key blocks to, and
-//! an in-memory pool ([`MemoryPool`]). Still to come (see the README's features table): the
-//! crash-safe persistent store with its consumption ledger, the pool-sync protocol between
-//! the two ends, and the ETSI GS QKD 014 router. The crate does not know how keys were made.
+//! Today: the [`KeyPool`] trait the OLT and ONU drivers append finished key blocks to, an
+//! in-memory pool ([`MemoryPool`]), and the crash-safe persistent store ([`KeyStore`], one
+//! redb file) whose per-ONU pools ([`StorePool`]) keep a ledger of every byte consumed.
+//! Still to come (see the README's features table): the pool-sync protocol between the two
+//! ends and the ETSI GS QKD 014 router. The crate does not know how keys were made.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod pool;
+pub mod store;
 
 // The public interface is:
 pub use pool::{KeyPool, MemoryPool, PoolError};
+pub use store::{
+    BlockInfo, BlockState, Consumed, KeyStore, LedgerEntry, LedgerKind, Purpose, StoreError, StorePool,
+    Totals, key_id,
+};
