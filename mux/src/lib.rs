@@ -17,10 +17,12 @@
 //!   [`PulseClock`] that maps an ONU's pulse index to the OLT's gate index and back.
 //! - [`activation`]: the per-ONU activation state machine (Discovered → Ranged →
 //!   Authenticated → Active → Lost).
+//! - [`downstream`]: downstream frames (checked view), per-ONU AES-128-CTR with the 2-bit
+//!   key index, and [`DownstreamKeys`] (two key slots, switching at a superframe, erasure
+//!   after the overlap window).
 //!
 //! Everything is sans-IO: no sockets, no clocks, no tasks. Time enters as gate and frame
-//! numbers passed in by the caller. Downstream framing and per-ONU AES-128-CTR key
-//! switching are not here yet (a separate issue).
+//! numbers passed in by the caller.
 //!
 //! Conventions: a *gate* is one detector gate of the OLT's receiver; a *global gate* counts
 //! gates since the receiver started; frame `F` is global gates `F·frame_len ..
@@ -29,6 +31,7 @@
 #![warn(missing_docs)]
 
 pub mod activation;
+pub mod downstream;
 pub mod history;
 pub mod ranging;
 pub mod scheduler;
@@ -37,6 +40,7 @@ pub mod wire;
 
 // The public interface is:
 pub use activation::{ActivationConfig, ActivationError, Event, LossReason, OnuActivation, OnuState, Phase};
+pub use downstream::{DownstreamError, DownstreamKey, DownstreamKeys, FrameError, KeyIndex, KeysConfig};
 pub use history::{Inserted, ScheduleError, SlotMapSchedule};
 pub use ranging::{Equalisation, PulseClock, RangingConfig, RangingError};
 pub use scheduler::{
