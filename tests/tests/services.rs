@@ -191,3 +191,61 @@ fn olt_and_onus_over_tcp_agree_serve_metrics_and_survive_a_cut() {
         let _ = std::fs::remove_dir_all(&dir);
     });
 }
+
+/// One OLT process serves 128 ONUs: every one connects over its own TCP connection, is
+/// ranged, authenticated by its tagged slot-map acknowledgement and given slots; no thread
+/// per ONU (the OLT runs one driver thread and a two-thread tokio runtime).
+#[test]
+fn one_olt_serves_128_onus() {
+    const N: usize = 128;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async {
+        // A slow receiver (1 MHz gates): this test is about the classical side.
+        let mut s = Scenario { onus: N, ..Scenario::default() };
+        s.receiver.detector = DetectorProfile::Snspd;
+        s.clock.gate_rate_hz = 1e6;
+        s.clock.frame_gates = 125_000;
+        let pon = s.resolve().expect("valid scenario");
+        let sim = SimPon::new(&pon);
+        let dir = std::env::temp_dir().join(format!("qpon-services-128-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        for k in 0..N {
+            qpon_node::write_psk(&dir.join(format!("onu-{k}.psk")), 4096).unwrap();
+        }
+        let mut cfg = olt_config(&dir, &pon);
+        // Frames of 125 ms at this clock: a scheduling period of 8 frames is 1 s.
+        cfg.scheduling.scheduler.frames_per_period = 8;
+        cfg.scheduling.lead_frames = 1;
+        let olt = OltHandle::start(
+            cfg.clone(),
+            OltParts {
+                detector: Box::new(sim.detector()),
+                slot_map: Some(mux_map(&pon)),
+                pools: BTreeMap::new(),
+            },
+        )
+        .await
+        .expect("the OLT starts");
+        let mut onus = Vec::new();
+        for k in 0..N {
+            let mut c = onu_config(&dir, &cfg, k as u16, olt.local_addr);
+            c.onu.metrics_listen = String::new();
+            let h =
+                OnuHandle::start(c, sim.source(k), Box::new(MemoryPool::new())).await.expect("ONU starts");
+            onus.push(h);
+        }
+        wait_for("128 ONUs connected and active", Duration::from_secs(60), || {
+            let s = olt.status();
+            s.onus.len() == N && s.onus.iter().all(|o| o.connected && o.phase == "Active")
+        })
+        .await;
+        for h in onus {
+            let st = h.shutdown().await;
+            assert_eq!(st.refused_frames, 0);
+        }
+        let fin = olt.shutdown().await;
+        assert!(fin.onus.iter().all(|o| o.refused_frames == 0));
+        let _ = std::fs::remove_dir_all(&dir);
+    });
+}
