@@ -17,6 +17,43 @@ pub use config::{ConfigError, parse_toml};
 pub use http::{StatusPage, fetch, serve_status};
 pub use psk::{MIN_PSK_BYTES, read_psk, write_psk};
 
+/// Why a service did not start (the `olt` and `onu` services share these causes).
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration cannot be used.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A socket (or the service's thread) could not be opened.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address (or what could not be started).
+        addr: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// The `status` subcommand of a service: fetches `/status` from `addr` and prints it as
+/// JSON (`json`) or as the table `table` makes of it. The error is for standard error.
+pub fn print_status<T: serde::de::DeserializeOwned>(
+    addr: &str,
+    json: bool,
+    table: impl FnOnce(&T) -> String,
+) -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("starting the runtime: {e}"))?;
+    let body = rt.block_on(fetch(addr, "/status"))?;
+    if json {
+        println!("{body}");
+    } else {
+        let s: T = serde_json::from_str(&body).map_err(|e| format!("bad status from {addr}: {e}"))?;
+        print!("{}", table(&s));
+    }
+    Ok(())
+}
+
 /// Resolves when the process is asked to stop (SIGINT or SIGTERM; Ctrl-C elsewhere).
 pub async fn shutdown_signal() {
     #[cfg(unix)]

@@ -111,17 +111,9 @@ fn run(cmd: Cmd) -> Result<(), (u8, String)> {
             println!("wrote {bytes} bytes to {}", out.display());
             Ok(())
         }
-        Cmd::Status { addr, json } => rt()?.block_on(async {
-            let body = qpon_node::fetch(&addr, "/status").await.map_err(|e| (1, e))?;
-            if json {
-                println!("{body}");
-            } else {
-                let s: OltStatus =
-                    serde_json::from_str(&body).map_err(|e| (1, format!("bad status: {e}")))?;
-                print!("{}", s.to_table());
-            }
-            Ok(())
-        }),
+        Cmd::Status { addr, json } => {
+            qpon_node::print_status(&addr, json, OltStatus::to_table).map_err(|e| (1, e))
+        }
         Cmd::Run { config } => {
             let cfg = OltConfig::load(&config).map_err(|e| (2, e.to_string()))?;
             if cfg.onu.is_empty() {

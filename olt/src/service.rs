@@ -25,6 +25,7 @@ use qpon_hw::{DetectionRecord, DetectorSource};
 use qpon_kms::{KeyPool, MemoryPool};
 use qpon_mux::scheduler::{OnuDemand, Policy, SchedulerConfig, schedule};
 use qpon_mux::{Equalisation, OnuId, RangingConfig, SlotMap, SlotMapSchedule};
+pub use qpon_node::StartError;
 use qpon_node::read_psk;
 use qpon_qkd::session::stream::{Hello, StreamDecoder, encode_frame};
 use qpon_qkd::session::{AuthMaterial, MemoryLedger, OltSession};
@@ -73,22 +74,6 @@ enum Input {
     Frame { onu: u16, conn: u64, bytes: Vec<u8> },
     Closed { onu: u16, conn: u64 },
     Shutdown,
-}
-
-/// Why the service did not start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    /// The configuration cannot be used.
-    #[error(transparent)]
-    Config(#[from] crate::config::ConfigError),
-    /// A socket could not be opened.
-    #[error("cannot listen on {addr}: {source}")]
-    Listen {
-        /// The address.
-        addr: String,
-        /// The cause.
-        source: std::io::Error,
-    },
 }
 
 /// Equal shares of the frame among `onus` (what applies before the scheduler has data).

@@ -86,21 +86,7 @@ fn run(cmd: Cmd) -> Result<(), (u8, String)> {
             Ok(())
         }
         Cmd::Status { addr, json } => {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| (1, format!("starting the runtime: {e}")))?;
-            rt.block_on(async {
-                let body = qpon_node::fetch(&addr, "/status").await.map_err(|e| (1, e))?;
-                if json {
-                    println!("{body}");
-                } else {
-                    let s: OnuStatus =
-                        serde_json::from_str(&body).map_err(|e| (1, format!("bad status: {e}")))?;
-                    print!("{}", s.to_table());
-                }
-                Ok(())
-            })
+            qpon_node::print_status(&addr, json, OnuStatus::to_table).map_err(|e| (1, e))
         }
         Cmd::Run { config } => {
             let cfg = OnuConfig::load(&config).map_err(|e| (2, e.to_string()))?;

@@ -17,6 +17,7 @@ use crate::config::OnuConfig;
 use crate::status::OnuStatus;
 use qpon_hw::PulseSource;
 use qpon_kms::KeyPool;
+pub use qpon_node::StartError;
 use qpon_qkd::session::stream::{Hello, StreamDecoder, encode_frame};
 use qpon_qkd::session::{AuthMaterial, MemoryLedger, OnuSession};
 use qpon_qkd::time::Instant;
@@ -37,22 +38,6 @@ pub struct OnuHandle {
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<OnuStatus>,
     http: Option<tokio::task::JoinHandle<()>>,
-}
-
-/// Why the service did not start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    /// The configuration cannot be used.
-    #[error(transparent)]
-    Config(#[from] crate::config::ConfigError),
-    /// The status endpoint could not be opened.
-    #[error("cannot listen on {addr}: {source}")]
-    Listen {
-        /// The address.
-        addr: String,
-        /// The cause.
-        source: std::io::Error,
-    },
 }
 
 struct Clock(std::time::Instant);
