@@ -25,19 +25,32 @@ use std::sync::Arc;
 
 use qpon_qkd::{BitBlock, SecretBytes};
 use redb::{
-    Database, DatabaseError, Durability, ReadableDatabase, ReadableTable, StorageError, TableDefinition,
-    TableError, WriteTransaction,
+    Database, DatabaseError, Durability, ReadableDatabase, ReadableTable, StorageError, Table,
+    TableDefinition, TableError, WriteTransaction,
 };
 use uuid::Uuid;
 
-use crate::pool::{KeyPool, PoolError};
+use crate::pool::PoolError;
+
+mod auth_ledger;
+mod seal;
+
+pub use auth_ledger::StoreAuthLedger;
+use seal::{Cipher, ValueKind};
+pub use seal::{KEK_ENV, Kek, KekError};
 
 /// Format marker; its presence is what makes a redb file a qpon key store.
 const FORMAT: TableDefinition<&str, u32> = TableDefinition::new("qpon_kms_format");
 /// Block ID → [`BlockMeta`] (owner ONU, order, length, cursor, state).
 const BLOCKS: TableDefinition<u128, &[u8]> = TableDefinition::new("blocks");
-/// Block ID → key bytes. Apart from the metadata so a consumption rewrites a few bytes only.
+/// Block ID → key bytes (sealed when the store is encrypted). Apart from the metadata so a
+/// consumption rewrites a few bytes only. Deleted when the block is discarded.
 const KEYS: TableDefinition<u128, &[u8]> = TableDefinition::new("block_keys");
+/// Block ID → the block's authentication share (sealed when the store is encrypted); absent
+/// for blocks without one. Deleted when the block is discarded.
+const SHARES: TableDefinition<u128, &[u8]> = TableDefinition::new("block_auth_shares");
+/// Encryption parameters of an encrypted store: [`SALT_KEY`] and [`CHECK_KEY`].
+const CRYPTO: TableDefinition<&str, &[u8]> = TableDefinition::new("qpon_kms_crypto");
 /// (ONU, arrival index) → block ID: the order both ends consume in.
 const ORDER: TableDefinition<(u16, u64), u128> = TableDefinition::new("block_order");
 /// (ONU, entry index) → [`LedgerEntry`].
@@ -47,6 +60,11 @@ const ONUS: TableDefinition<u16, &[u8]> = TableDefinition::new("onus");
 
 const FORMAT_KEY: &str = "version";
 const FORMAT_VERSION: u32 = 1;
+/// Format entry: 1 if key bytes and shares are sealed under a KEK, 0 (or absent, for stores
+/// made before encryption existed) if not. Fixed at creation.
+const ENCRYPTED_KEY: &str = "encrypted";
+const SALT_KEY: &str = "salt";
+const CHECK_KEY: &str = "kek_check";
 
 /// Namespace of the UUID v5 key IDs; fixed forever, or the two ends' key IDs would differ.
 const KEY_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6a1c_57e2_93b4_4f0d_8e21_0c5a_d3f7_b914);
@@ -100,6 +118,18 @@ pub enum StoreError {
     /// The caller: a request that can never be met (e.g. zero bytes).
     #[error("invalid request: {0}")]
     InvalidRequest(&'static str),
+    /// The caller: the block was discarded, so it can no longer be committed.
+    #[error("block {0} was discarded")]
+    BlockDiscarded(Uuid),
+    /// The store is encrypted and was opened without a KEK.
+    #[error("key store is encrypted: a KEK is required")]
+    KekRequired,
+    /// The KEK given is not the one the store was created with.
+    #[error("wrong KEK for this key store")]
+    WrongKek,
+    /// A KEK was given but the store was created unencrypted (it is never mixed).
+    #[error("key store is not encrypted but a KEK was given")]
+    NotEncrypted,
     /// Not enough key: no block holds `requested` unused bytes. Nothing was consumed;
     /// callers must fail closed (no fallback to clear or unauthenticated operation).
     #[error("key pool exhausted: {requested} bytes requested, {available} unused in the pool")]
@@ -268,6 +298,29 @@ pub enum BlockState {
     Committed,
     /// Withdrawn; its unused bytes were recorded as discarded and are never handed out.
     Discarded,
+    /// Stored, with its place in the consumption order fixed, but not yet agreed with the
+    /// peer: not consumable, not in the level (counted in [`Totals::provisional`]) until
+    /// [`StorePool::commit_block`] or a discard.
+    Provisional,
+}
+
+impl BlockState {
+    fn code(self) -> u8 {
+        match self {
+            BlockState::Committed => 0,
+            BlockState::Discarded => 1,
+            BlockState::Provisional => 2,
+        }
+    }
+
+    fn from_code(c: u8) -> Option<Self> {
+        match c {
+            0 => Some(BlockState::Committed),
+            1 => Some(BlockState::Discarded),
+            2 => Some(BlockState::Provisional),
+            _ => None,
+        }
+    }
 }
 
 /// A block's bookkeeping, without its key bytes.
@@ -281,7 +334,7 @@ pub struct BlockInfo {
     pub bits: u64,
     /// Bytes already consumed or skipped (the block's cursor).
     pub used_bytes: u64,
-    /// Committed or discarded.
+    /// Committed, provisional or discarded.
     pub state: BlockState,
 }
 
@@ -294,7 +347,7 @@ impl BlockInfo {
     pub fn remaining_bytes(&self) -> u64 {
         match self.state {
             BlockState::Committed => self.usable_bytes() - self.used_bytes,
-            BlockState::Discarded => 0,
+            BlockState::Discarded | BlockState::Provisional => 0,
         }
     }
 }
@@ -314,10 +367,7 @@ impl BlockMeta {
         b[2..10].copy_from_slice(&self.info.seq.to_le_bytes());
         b[10..18].copy_from_slice(&self.info.bits.to_le_bytes());
         b[18..26].copy_from_slice(&self.info.used_bytes.to_le_bytes());
-        b[26] = match self.info.state {
-            BlockState::Committed => 0,
-            BlockState::Discarded => 1,
-        };
+        b[26] = self.info.state.code();
         b
     }
 
@@ -331,11 +381,7 @@ impl BlockMeta {
             seq: le_u64(&b[2..10]),
             bits: le_u64(&b[10..18]),
             used_bytes: le_u64(&b[18..26]),
-            state: match b[26] {
-                0 => BlockState::Committed,
-                1 => BlockState::Discarded,
-                _ => return Err(bad()),
-            },
+            state: BlockState::from_code(b[26]).ok_or_else(bad)?,
         };
         if info.used_bytes > info.usable_bytes() {
             return Err(bad());
@@ -347,9 +393,11 @@ impl BlockMeta {
 /// Per-ONU totals, for audits and metrics. All in bytes unless named otherwise.
 ///
 /// Invariant (checked by the tests): `appended = level + Σ consumed + skipped + discarded`.
+/// Provisional blocks are outside it: their bytes are counted in `provisional` only, and
+/// enter `appended` (and `blocks`, `unusable_bits`) when they are committed or discarded.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Totals {
-    /// Blocks appended.
+    /// Blocks appended (committed, or discarded after being provisional).
     pub blocks: u64,
     /// Usable (whole) bytes ever appended.
     pub appended: u64,
@@ -363,6 +411,8 @@ pub struct Totals {
     pub skipped: u64,
     /// Unused bytes of discarded blocks.
     pub discarded: u64,
+    /// Usable bytes of provisional blocks (not in `appended` until committed or discarded).
+    pub provisional: u64,
 }
 
 impl Totals {
@@ -383,7 +433,9 @@ struct OnuMeta {
 }
 
 impl OnuMeta {
-    const WORDS: usize = 13;
+    /// Words in the current encoding; records written before provisional blocks existed
+    /// have one fewer (no `provisional` word) and are still read.
+    const WORDS: usize = 14;
 
     fn words(&self) -> [u64; Self::WORDS] {
         let t = &self.totals;
@@ -401,6 +453,7 @@ impl OnuMeta {
             t.consumed[3],
             t.skipped,
             t.discarded,
+            t.provisional,
         ]
     }
 
@@ -409,10 +462,11 @@ impl OnuMeta {
     }
 
     fn decode(onu: u16, b: &[u8]) -> Result<Self, StoreError> {
-        if b.len() != Self::WORDS * 8 {
+        if b.len() != Self::WORDS * 8 && b.len() != (Self::WORDS - 1) * 8 {
             return Err(StoreError::Corrupt(format!("counters of ONU {onu}")));
         }
-        let w: Vec<u64> = b.chunks_exact(8).map(le_u64).collect();
+        let mut w: Vec<u64> = b.chunks_exact(8).map(le_u64).collect();
+        w.resize(Self::WORDS, 0);
         let m = Self {
             next_block_seq: w[0],
             head_seq: w[1],
@@ -425,6 +479,7 @@ impl OnuMeta {
                 consumed: [w[7], w[8], w[9], w[10]],
                 skipped: w[11],
                 discarded: w[12],
+                provisional: w[13],
             },
         };
         let t = &m.totals;
@@ -443,11 +498,22 @@ fn le_u64(b: &[u8]) -> u64 {
     u64::from_le_bytes(a)
 }
 
+/// Options of [`KeyStore::open_with`].
+#[derive(Debug, Default)]
+pub struct StoreOptions {
+    /// Key-encryption key. With one, a new store is created encrypted (key bytes and
+    /// authentication shares sealed with AES-256-GCM); an existing store must have been
+    /// created the same way ([`StoreError::KekRequired`], [`StoreError::WrongKek`],
+    /// [`StoreError::NotEncrypted`] otherwise). `None`: an unencrypted store.
+    pub kek: Option<Kek>,
+}
+
 /// The key store: one redb file shared by all ONUs' pools. Cheap to clone.
 #[derive(Clone)]
 pub struct KeyStore {
     db: Arc<Database>,
     path: PathBuf,
+    cipher: Option<Arc<Cipher>>,
 }
 
 impl core::fmt::Debug for KeyStore {
@@ -457,12 +523,20 @@ impl core::fmt::Debug for KeyStore {
 }
 
 impl KeyStore {
-    /// Opens the store at `path`, creating it (mode 0600 on Unix) if absent.
+    /// Opens the unencrypted store at `path`, creating it (mode 0600 on Unix) if absent.
     ///
     /// An existing file's permissions are tightened to 0600, since it holds key material.
     /// A file that is not a redb database, or a redb database of another program, is
-    /// refused with [`StoreError::NotAKeyStore`] and left unchanged.
+    /// refused with [`StoreError::NotAKeyStore`] and left unchanged. An encrypted store is
+    /// refused with [`StoreError::KekRequired`]. Same as [`KeyStore::open_with`] with
+    /// default options.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        Self::open_with(path, StoreOptions::default())
+    }
+
+    /// Opens (or creates) the store at `path` with `options`; see [`KeyStore::open`] and
+    /// [`StoreOptions`]. Whether a store is encrypted is fixed when it is created.
+    pub fn open_with(path: impl AsRef<Path>, options: StoreOptions) -> Result<Self, StoreError> {
         let path = path.as_ref().to_path_buf();
         let io = |source| StoreError::Io { path: path.clone(), source };
         // Create the file ourselves so it never exists, even briefly, with a wider mode.
@@ -491,35 +565,71 @@ impl KeyStore {
             }
             other => StoreError::NotAKeyStore { path: path.clone(), reason: other.to_string() },
         })?;
-        Self::check_format(&db, &path)?;
-        Ok(Self { db: Arc::new(db), path })
+        let cipher = Self::check_format(&db, &path, options.kek.as_ref())?;
+        Ok(Self { db: Arc::new(db), path, cipher: cipher.map(Arc::new) })
     }
 
-    /// Marks a fresh database as a key store, or checks an existing one is ours.
-    fn check_format(db: &Database, path: &Path) -> Result<(), StoreError> {
+    /// Marks a fresh database as a key store (encrypted if `kek` is given), or checks an
+    /// existing one is ours and that `kek` matches how it was created.
+    fn check_format(db: &Database, path: &Path, kek: Option<&Kek>) -> Result<Option<Cipher>, StoreError> {
         let foreign = |reason: String| StoreError::NotAKeyStore { path: path.into(), reason };
         let txn = begin(db)?;
+        let cipher;
         {
             let had_tables = txn.list_tables()?.next().is_some();
             let mut fmt = txn.open_table(FORMAT)?;
             let version = fmt.get(FORMAT_KEY)?.map(|v| v.value());
+            let mut crypto = txn.open_table(CRYPTO)?;
             match version {
-                Some(FORMAT_VERSION) => {}
+                Some(FORMAT_VERSION) => {
+                    let encrypted = fmt.get(ENCRYPTED_KEY)?.map(|v| v.value()).unwrap_or(0);
+                    cipher = match (encrypted, kek) {
+                        (0, None) => None,
+                        (0, Some(_)) => return Err(StoreError::NotEncrypted),
+                        (1, None) => return Err(StoreError::KekRequired),
+                        (1, Some(kek)) => {
+                            let get = |k| -> Result<Vec<u8>, StoreError> {
+                                crypto.get(k)?.map(|v| v.value().to_vec()).ok_or_else(|| {
+                                    StoreError::Corrupt(format!("encryption parameter {k} missing"))
+                                })
+                            };
+                            let c = Cipher::derive(kek, &get(SALT_KEY)?)?;
+                            if !c.verify_check(&get(CHECK_KEY)?) {
+                                return Err(StoreError::WrongKek);
+                            }
+                            Some(c)
+                        }
+                        (v, _) => return Err(StoreError::Corrupt(format!("encryption flag {v}"))),
+                    };
+                }
                 Some(v) => return Err(foreign(format!("format version {v}"))),
                 None if had_tables => return Err(foreign("no qpon format marker".into())),
                 None => {
                     fmt.insert(FORMAT_KEY, FORMAT_VERSION)?;
+                    fmt.insert(ENCRYPTED_KEY, u32::from(kek.is_some()))?;
+                    cipher = match kek {
+                        Some(kek) => {
+                            let salt = Cipher::new_salt()?;
+                            let c = Cipher::derive(kek, &salt)?;
+                            crypto.insert(SALT_KEY, salt.as_slice())?;
+                            crypto.insert(CHECK_KEY, c.check_value()?.as_slice())?;
+                            Some(c)
+                        }
+                        None => None,
+                    };
                 }
             }
             // Create every table now, so readers never meet a missing one.
             txn.open_table(BLOCKS)?;
             txn.open_table(KEYS)?;
+            txn.open_table(SHARES)?;
             txn.open_table(ORDER)?;
             txn.open_table(LEDGER)?;
             txn.open_table(ONUS)?;
+            auth_ledger::create_tables(&txn)?;
         }
         txn.commit()?;
-        Ok(())
+        Ok(cipher)
     }
 
     /// The store file.
@@ -527,9 +637,19 @@ impl KeyStore {
         &self.path
     }
 
+    /// Whether key bytes and authentication shares are sealed under a KEK.
+    pub fn is_encrypted(&self) -> bool {
+        self.cipher.is_some()
+    }
+
     /// ONU `onu`'s pool. Several handles to one pool are safe: redb serialises writers.
     pub fn pool(&self, onu: u16) -> StorePool {
-        StorePool { db: Arc::clone(&self.db), onu }
+        StorePool { db: Arc::clone(&self.db), cipher: self.cipher.clone(), onu }
+    }
+
+    /// The persistent pad ledger of the classical channel, in this store.
+    pub fn auth_ledger(&self) -> StoreAuthLedger {
+        StoreAuthLedger::new(self)
     }
 }
 
@@ -558,9 +678,242 @@ fn load_block(
     }
 }
 
-/// One ONU's pool in a [`KeyStore`]. Every mutating call is durable before it returns `Ok`.
+fn ordered_block(table: &impl ReadableTable<u128, &'static [u8]>, id: Uuid) -> Result<BlockMeta, StoreError> {
+    load_block(table, id)?.ok_or_else(|| StoreError::Corrupt(format!("ordered block {id} missing")))
+}
+
+/// `a - b` on counters, a corrupt-store error instead of wrapping.
+fn sub(a: u64, b: u64, what: &str) -> Result<u64, StoreError> {
+    a.checked_sub(b).ok_or_else(|| StoreError::Corrupt(format!("{what} counter would go negative")))
+}
+
+/// Opens a stored value (a copy; unsealed when the store is encrypted).
+fn open_value(
+    cipher: Option<&Cipher>,
+    block: &BlockMeta,
+    kind: ValueKind,
+    stored: &[u8],
+) -> Result<SecretBytes, StoreError> {
+    match cipher {
+        None => Ok(SecretBytes::from_slice(stored)),
+        Some(c) => c.open(block.onu, block.info.seq, block.info.id, kind, stored),
+    }
+}
+
+/// The tables and counters of one ONU inside one write transaction.
+struct Tx<'t> {
+    onu: u16,
+    cipher: Option<&'t Cipher>,
+    blocks: Table<'t, u128, &'static [u8]>,
+    keys: Table<'t, u128, &'static [u8]>,
+    shares: Table<'t, u128, &'static [u8]>,
+    order: Table<'t, (u16, u64), u128>,
+    ledger: Table<'t, (u16, u64), &'static [u8]>,
+    onus: Table<'t, u16, &'static [u8]>,
+    meta: OnuMeta,
+}
+
+impl Tx<'_> {
+    /// Block `id` of this ONU, or [`StoreError::UnknownBlock`].
+    fn block(&self, id: Uuid) -> Result<BlockMeta, StoreError> {
+        match load_block(&self.blocks, id)? {
+            Some(b) if b.onu == self.onu => Ok(b),
+            _ => Err(StoreError::UnknownBlock(id)),
+        }
+    }
+
+    fn put_block(&mut self, b: &BlockMeta) -> Result<(), StoreError> {
+        self.blocks.insert(b.info.id.as_u128(), b.encode().as_slice())?;
+        Ok(())
+    }
+
+    fn record(&mut self, kind: LedgerKind, block: Uuid, offset: u64, len: u64) -> Result<(), StoreError> {
+        let e = LedgerEntry { seq: self.meta.next_ledger_seq, kind, block, offset, len };
+        self.ledger.insert((self.onu, e.seq), e.encode().as_slice())?;
+        self.meta.next_ledger_seq += 1;
+        Ok(())
+    }
+
+    fn seal(&self, b: &BlockMeta, kind: ValueKind, plain: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.cipher.map(|c| c.seal(self.onu, b.info.seq, b.info.id, kind, plain)).transpose()
+    }
+
+    /// Stores a new provisional block at the end of the order.
+    fn insert_provisional(
+        &mut self,
+        id: Uuid,
+        key: &BitBlock,
+        share: &[u8],
+    ) -> Result<BlockMeta, StoreError> {
+        if self.blocks.get(id.as_u128())?.is_some() {
+            return Err(StoreError::Duplicate(id));
+        }
+        let bits = key.len() as u64;
+        let info = BlockInfo {
+            id,
+            seq: self.meta.next_block_seq,
+            bits,
+            used_bytes: 0,
+            state: BlockState::Provisional,
+        };
+        let block = BlockMeta { onu: self.onu, info };
+        self.put_block(&block)?;
+        let bytes = SecretBytes::new(key.to_bytes());
+        match self.seal(&block, ValueKind::Key, bytes.expose())? {
+            Some(sealed) => self.keys.insert(id.as_u128(), sealed.as_slice())?,
+            None => self.keys.insert(id.as_u128(), bytes.expose())?,
+        };
+        if !share.is_empty() {
+            match self.seal(&block, ValueKind::Share, share)? {
+                Some(sealed) => self.shares.insert(id.as_u128(), sealed.as_slice())?,
+                None => self.shares.insert(id.as_u128(), share)?,
+            };
+        }
+        self.order.insert((self.onu, info.seq), id.as_u128())?;
+        self.meta.next_block_seq += 1;
+        self.meta.totals.provisional += info.usable_bytes();
+        Ok(block)
+    }
+
+    /// Provisional → Committed; no-op on a committed block.
+    fn commit(&mut self, mut b: BlockMeta) -> Result<(), StoreError> {
+        match b.info.state {
+            BlockState::Committed => return Ok(()),
+            BlockState::Discarded => return Err(StoreError::BlockDiscarded(b.info.id)),
+            BlockState::Provisional => {}
+        }
+        let usable = b.info.usable_bytes();
+        let t = &mut self.meta.totals;
+        t.provisional = sub(t.provisional, usable, "provisional")?;
+        t.blocks += 1;
+        t.appended += usable;
+        t.level += usable;
+        t.unusable_bits += b.info.bits % 8;
+        b.info.state = BlockState::Committed;
+        // The block may lie before the cursor's hint (later blocks were committed and used
+        // first): move the hint back so the cursor sees it.
+        self.meta.head_seq = self.meta.head_seq.min(b.info.seq);
+        self.put_block(&b)
+    }
+
+    /// Discards `b` (see [`StorePool::discard`]); returns the bytes recorded as discarded.
+    fn discard(&mut self, mut b: BlockMeta) -> Result<u64, StoreError> {
+        let id = b.info.id;
+        let t = &mut self.meta.totals;
+        let (offset, len) = match b.info.state {
+            BlockState::Discarded => return Ok(0),
+            BlockState::Committed => {
+                let rem = b.info.remaining_bytes();
+                t.level = sub(t.level, rem, "level")?;
+                t.discarded += rem;
+                (b.info.used_bytes, rem)
+            }
+            BlockState::Provisional => {
+                let usable = b.info.usable_bytes();
+                t.provisional = sub(t.provisional, usable, "provisional")?;
+                t.blocks += 1;
+                t.appended += usable;
+                t.unusable_bits += b.info.bits % 8;
+                t.discarded += usable;
+                (0, usable)
+            }
+        };
+        self.record(LedgerKind::Discarded, id, offset, len)?;
+        b.info.state = BlockState::Discarded;
+        self.put_block(&b)?;
+        // Hygiene: the bytes can never be handed out again, so they need not be kept.
+        self.keys.remove(id.as_u128())?;
+        self.shares.remove(id.as_u128())?;
+        Ok(len)
+    }
+
+    /// This ONU's block IDs from arrival index `from` on, in order.
+    fn ids_from(&self, from: u64) -> Result<Vec<Uuid>, StoreError> {
+        let mut out = Vec::new();
+        for row in self.order.range((self.onu, from)..=(self.onu, u64::MAX))? {
+            out.push(Uuid::from_u128(row?.1.value()));
+        }
+        Ok(out)
+    }
+
+    /// One consumption (see [`StorePool::consume`]), inside this transaction.
+    fn consume(&mut self, purpose: Purpose, bytes: usize) -> Result<Consumed, StoreError> {
+        if bytes == 0 {
+            return Err(StoreError::InvalidRequest("zero-byte consumption"));
+        }
+        let want = bytes as u64;
+        let exhausted = StoreError::Exhausted { requested: want, available: self.meta.totals.level };
+        if self.meta.totals.level < want {
+            return Err(exhausted);
+        }
+        // Pass 1, read only: find the first block that can serve, noting what it passes.
+        let mut passed = Vec::new();
+        let mut target = None;
+        for row in self.order.range((self.onu, self.meta.head_seq)..=(self.onu, u64::MAX))? {
+            let block = ordered_block(&self.blocks, Uuid::from_u128(row?.1.value()))?;
+            if block.info.remaining_bytes() >= want {
+                target = Some(block);
+                break;
+            }
+            passed.push(block);
+        }
+        let Some(mut target) = target else {
+            // The caller drops the transaction: nothing skipped, nothing consumed.
+            return Err(exhausted);
+        };
+        // Pass 2: record the skipped tails, then the consumption.
+        for mut b in passed {
+            let rem = b.info.remaining_bytes();
+            if rem > 0 {
+                self.record(LedgerKind::Skipped, b.info.id, b.info.used_bytes, rem)?;
+                b.info.used_bytes += rem;
+                self.meta.totals.skipped += rem;
+                self.meta.totals.level -= rem;
+                self.put_block(&b)?;
+            }
+        }
+        let (id, offset) = (target.info.id, target.info.used_bytes);
+        let key = {
+            let stored = self
+                .keys
+                .get(id.as_u128())?
+                .ok_or_else(|| StoreError::Corrupt(format!("key bytes of block {id} missing")))?;
+            let slice = |all: &[u8]| {
+                let range = usize::try_from(offset).ok().and_then(|o| all.get(o..o.checked_add(bytes)?));
+                range
+                    .map(SecretBytes::from_slice)
+                    .ok_or_else(|| StoreError::Corrupt(format!("key bytes of block {id} short")))
+            };
+            match self.cipher {
+                None => slice(stored.value())?,
+                Some(c) => {
+                    slice(c.open(self.onu, target.info.seq, id, ValueKind::Key, stored.value())?.expose())?
+                }
+            }
+        };
+        self.record(LedgerKind::Consumed(purpose), id, offset, want)?;
+        target.info.used_bytes += want;
+        self.put_block(&target)?;
+        self.meta.totals.consumed[purpose as usize] += want;
+        self.meta.totals.level -= want;
+        self.meta.head_seq = target.info.seq;
+        Ok(Consumed { block: id, offset, key })
+    }
+}
+
+/// One ONU's pool in a [`KeyStore`]. Every mutating call is one write transaction, durable
+/// before it returns `Ok`; on `Err` nothing changed.
+///
+/// Blocks enter the pool either committed at once ([`StorePool::append_block`]) or
+/// provisional ([`StorePool::append_provisional`]) and later committed
+/// ([`StorePool::commit_block`]) or discarded. Either way a block's place in the consumption
+/// order is its arrival. The cursor takes from the first block *in that order* that is
+/// committed and holds enough unused bytes; provisional blocks are passed over without
+/// being skipped (they hold nothing usable yet), and a provisional block committed after
+/// later blocks were used is served again from its place in the order.
 pub struct StorePool {
     db: Arc<Database>,
+    cipher: Option<Arc<Cipher>>,
     onu: u16,
 }
 
@@ -576,37 +929,64 @@ impl StorePool {
         self.onu
     }
 
-    /// Appends a finished block at the end of the consumption order, durably.
+    /// Runs `f` in one durable write transaction; commits if it returns `Ok`, aborts
+    /// (changing nothing) otherwise. The ONU's counters are written back on success.
+    fn write<R>(&self, f: impl FnOnce(&mut Tx<'_>) -> Result<R, StoreError>) -> Result<R, StoreError> {
+        let txn = begin(&self.db)?;
+        let r = {
+            let onus = txn.open_table(ONUS)?;
+            let meta = load_meta(&onus, self.onu)?;
+            let mut tx = Tx {
+                onu: self.onu,
+                cipher: self.cipher.as_deref(),
+                blocks: txn.open_table(BLOCKS)?,
+                keys: txn.open_table(KEYS)?,
+                shares: txn.open_table(SHARES)?,
+                order: txn.open_table(ORDER)?,
+                ledger: txn.open_table(LEDGER)?,
+                onus,
+                meta,
+            };
+            let r = f(&mut tx)?;
+            let meta = tx.meta.encode();
+            tx.onus.insert(self.onu, meta.as_slice())?;
+            r
+        };
+        txn.commit()?;
+        Ok(r)
+    }
+
+    /// Appends a finished, agreed block at the end of the consumption order, committed,
+    /// durably (a provisional append and its commit in one transaction, with no
+    /// authentication share).
     ///
     /// Block IDs are unique across the whole store (not just this ONU), since ETSI key IDs
     /// derive from them; a repeated ID is refused with [`StoreError::Duplicate`].
     pub fn append_block(&self, id: Uuid, key: &BitBlock) -> Result<(), StoreError> {
-        let bits = key.len() as u64;
-        let bytes = SecretBytes::new(key.to_bytes());
-        let txn = begin(&self.db)?;
-        {
-            let mut blocks = txn.open_table(BLOCKS)?;
-            if blocks.get(id.as_u128())?.is_some() {
-                return Err(StoreError::Duplicate(id));
-            }
-            let mut onus = txn.open_table(ONUS)?;
-            let mut meta = load_meta(&onus, self.onu)?;
-            let info =
-                BlockInfo { id, seq: meta.next_block_seq, bits, used_bytes: 0, state: BlockState::Committed };
-            let block = BlockMeta { onu: self.onu, info };
-            blocks.insert(id.as_u128(), block.encode().as_slice())?;
-            txn.open_table(KEYS)?.insert(id.as_u128(), bytes.expose())?;
-            txn.open_table(ORDER)?.insert((self.onu, info.seq), id.as_u128())?;
-            meta.next_block_seq += 1;
-            let t = &mut meta.totals;
-            t.blocks += 1;
-            t.appended += info.usable_bytes();
-            t.level += info.usable_bytes();
-            t.unusable_bits += bits % 8;
-            onus.insert(self.onu, meta.encode().as_slice())?;
-        }
-        txn.commit()?;
-        Ok(())
+        self.write(|tx| {
+            let b = tx.insert_provisional(id, key, &[])?;
+            tx.commit(b)
+        })
+    }
+
+    /// Stores block `id` *provisional*: its key bytes and its authentication share `share`
+    /// (may be empty) are durable and its place in the consumption order is fixed, but it
+    /// is not consumable and not in the level until [`StorePool::commit_block`]. Its usable
+    /// bytes are counted in [`Totals::provisional`]. [`StoreError::Duplicate`] if the ID is
+    /// anywhere in the store.
+    pub fn append_provisional(&self, id: Uuid, key: &BitBlock, share: &[u8]) -> Result<(), StoreError> {
+        self.write(|tx| tx.insert_provisional(id, key, share).map(|_| ()))
+    }
+
+    /// Commits provisional block `id`: its bytes become consumable (added to `appended` and
+    /// the level). `Ok` without change if it is already committed;
+    /// [`StoreError::BlockDiscarded`] if it was discarded, [`StoreError::UnknownBlock`] if
+    /// it is not this ONU's.
+    pub fn commit_block(&self, id: Uuid) -> Result<(), StoreError> {
+        self.write(|tx| {
+            let b = tx.block(id)?;
+            tx.commit(b)
+        })
     }
 
     /// Takes the next `bytes` key bytes for `purpose`.
@@ -616,118 +996,132 @@ impl StorePool {
     /// lose the bytes but never hand them out twice. Fails closed with
     /// [`StoreError::Exhausted`], consuming nothing, when no block holds `bytes` unused bytes.
     pub fn consume(&self, purpose: Purpose, bytes: usize) -> Result<Consumed, StoreError> {
-        if bytes == 0 {
-            return Err(StoreError::InvalidRequest("zero-byte consumption"));
-        }
-        let want = bytes as u64;
-        let txn = begin(&self.db)?;
-        let consumed;
-        {
-            let mut onus = txn.open_table(ONUS)?;
-            let mut meta = load_meta(&onus, self.onu)?;
-            let exhausted = StoreError::Exhausted { requested: want, available: meta.totals.level };
-            if meta.totals.level < want {
-                return Err(exhausted);
-            }
-            let mut blocks = txn.open_table(BLOCKS)?;
-            // Pass 1, read only: find the first block that can serve, noting what it passes.
-            let mut passed = Vec::new();
-            let mut target = None;
-            {
-                let order = txn.open_table(ORDER)?;
-                for row in order.range((self.onu, meta.head_seq)..=(self.onu, u64::MAX))? {
-                    let (_, id) = row?;
-                    let id = Uuid::from_u128(id.value());
-                    let block = load_block(&blocks, id)?
-                        .ok_or_else(|| StoreError::Corrupt(format!("ordered block {id} missing")))?;
-                    if block.info.remaining_bytes() >= want {
-                        target = Some(block);
-                        break;
-                    }
-                    passed.push(block);
-                }
-            }
-            let Some(mut target) = target else {
-                // Dropping the transaction aborts it: nothing skipped, nothing consumed.
-                return Err(exhausted);
-            };
-            // Pass 2: record the skipped tails, then the consumption, in one transaction.
-            let mut ledger = txn.open_table(LEDGER)?;
-            let mut record = |meta: &mut OnuMeta, kind, block: Uuid, offset, len| {
-                let e = LedgerEntry { seq: meta.next_ledger_seq, kind, block, offset, len };
-                meta.next_ledger_seq += 1;
-                ledger.insert((self.onu, e.seq), e.encode().as_slice()).map(|_| ())
-            };
-            for mut b in passed {
-                let rem = b.info.remaining_bytes();
-                if rem > 0 {
-                    record(&mut meta, LedgerKind::Skipped, b.info.id, b.info.used_bytes, rem)?;
-                    b.info.used_bytes += rem;
-                    meta.totals.skipped += rem;
-                    meta.totals.level -= rem;
-                    blocks.insert(b.info.id.as_u128(), b.encode().as_slice())?;
-                }
-            }
-            let (id, offset) = (target.info.id, target.info.used_bytes);
-            let key = {
-                let keys = txn.open_table(KEYS)?;
-                let stored = keys
-                    .get(id.as_u128())?
-                    .ok_or_else(|| StoreError::Corrupt(format!("key bytes of block {id} missing")))?;
-                let all = stored.value();
-                let range = usize::try_from(offset).ok().and_then(|o| all.get(o..o.checked_add(bytes)?));
-                let range =
-                    range.ok_or_else(|| StoreError::Corrupt(format!("key bytes of block {id} short")))?;
-                SecretBytes::from_slice(range)
-            };
-            record(&mut meta, LedgerKind::Consumed(purpose), id, offset, want)?;
-            target.info.used_bytes += want;
-            blocks.insert(id.as_u128(), target.encode().as_slice())?;
-            meta.totals.consumed[purpose as usize] += want;
-            meta.totals.level -= want;
-            meta.head_seq = target.info.seq;
-            onus.insert(self.onu, meta.encode().as_slice())?;
-            consumed = Consumed { block: id, offset, key };
-        }
-        txn.commit()?;
-        Ok(consumed)
+        self.write(|tx| tx.consume(purpose, bytes))
     }
 
-    /// Withdraws block `id`: its unused bytes are recorded as discarded and never handed
-    /// out. Returns how many bytes that was; discarding a block again records nothing and
-    /// returns 0.
-    pub fn discard(&self, id: Uuid) -> Result<u64, StoreError> {
-        let txn = begin(&self.db)?;
-        let rem;
-        {
-            let mut blocks = txn.open_table(BLOCKS)?;
-            let mut block = match load_block(&blocks, id)? {
-                Some(b) if b.onu == self.onu => b,
-                _ => return Err(StoreError::UnknownBlock(id)),
-            };
-            if block.info.state == BlockState::Discarded {
-                return Ok(0);
-            }
-            let mut onus = txn.open_table(ONUS)?;
-            let mut meta = load_meta(&onus, self.onu)?;
-            rem = block.info.remaining_bytes();
-            let e = LedgerEntry {
-                seq: meta.next_ledger_seq,
-                kind: LedgerKind::Discarded,
-                block: id,
-                offset: block.info.used_bytes,
-                len: rem,
-            };
-            txn.open_table(LEDGER)?.insert((self.onu, e.seq), e.encode().as_slice())?;
-            meta.next_ledger_seq += 1;
-            meta.totals.discarded += rem;
-            meta.totals.level -= rem;
-            block.info.state = BlockState::Discarded;
-            blocks.insert(id.as_u128(), block.encode().as_slice())?;
-            onus.insert(self.onu, meta.encode().as_slice())?;
+    /// `count` consumptions of `bytes_each` bytes for `purpose`: exactly what `count`
+    /// consecutive [`StorePool::consume`] calls would take and record, but in one
+    /// transaction (one fsync). All or nothing: if any of them cannot be served, nothing is
+    /// consumed and the error is [`StoreError::Exhausted`] with `requested` = the total
+    /// `bytes_each × count` and `available` = the level before the call. `count == 0`
+    /// returns an empty vector without touching the store.
+    pub fn consume_many(
+        &self,
+        purpose: Purpose,
+        bytes_each: usize,
+        count: usize,
+    ) -> Result<Vec<Consumed>, StoreError> {
+        if count == 0 {
+            return Ok(Vec::new());
         }
-        txn.commit()?;
-        Ok(rem)
+        self.write(|tx| {
+            let level = tx.meta.totals.level;
+            let mut out = Vec::with_capacity(count);
+            for _ in 0..count {
+                match tx.consume(purpose, bytes_each) {
+                    Ok(c) => out.push(c),
+                    Err(StoreError::Exhausted { .. }) => {
+                        let requested = (bytes_each as u64).saturating_mul(count as u64);
+                        return Err(StoreError::Exhausted { requested, available: level });
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// Withdraws block `id` (committed or provisional): its unused bytes are recorded as
+    /// discarded and never handed out. Returns how many bytes that was; discarding a block
+    /// again records nothing and returns 0.
+    ///
+    /// A provisional block's usable bytes all count: `appended` and `discarded` grow by
+    /// them (so the totals still balance) and `provisional` shrinks; its ledger entry has
+    /// offset 0. Every discard deletes the block's key bytes and authentication share from
+    /// the store; its metadata stays for audits.
+    pub fn discard(&self, id: Uuid) -> Result<u64, StoreError> {
+        self.write(|tx| {
+            let b = tx.block(id)?;
+            tx.discard(b)
+        })
+    }
+
+    /// Discards, in one transaction, every not yet discarded block after `last` in this
+    /// ONU's order (every block when `None`): a pool-sync rollback to the last block both
+    /// ends agree on. Returns each block discarded with the state it had before, in order.
+    /// [`StoreError::UnknownBlock`] (changing nothing) if `last` is not this ONU's block.
+    pub fn discard_after(&self, last: Option<Uuid>) -> Result<Vec<(Uuid, BlockState)>, StoreError> {
+        self.write(|tx| {
+            let from = match last {
+                Some(id) => tx.block(id)?.info.seq.saturating_add(1),
+                None => 0,
+            };
+            let mut out = Vec::new();
+            for id in tx.ids_from(from)? {
+                let b = ordered_block(&tx.blocks, id)?;
+                let state = b.info.state;
+                if state != BlockState::Discarded {
+                    tx.discard(b)?;
+                    out.push((id, state));
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// Discards every provisional block of this ONU in one transaction; returns their IDs
+    /// in order.
+    pub fn discard_provisional(&self) -> Result<Vec<Uuid>, StoreError> {
+        self.write(|tx| {
+            let mut out = Vec::new();
+            for id in tx.ids_from(0)? {
+                let b = ordered_block(&tx.blocks, id)?;
+                if b.info.state == BlockState::Provisional {
+                    tx.discard(b)?;
+                    out.push(id);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// The last block in this ONU's order whose state is committed (later provisional or
+    /// discarded blocks are ignored); `None` if there is none.
+    pub fn last_committed(&self) -> Result<Option<Uuid>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let order = txn.open_table(ORDER)?;
+        let blocks = txn.open_table(BLOCKS)?;
+        for row in order.range((self.onu, 0)..=(self.onu, u64::MAX))?.rev() {
+            let b = ordered_block(&blocks, Uuid::from_u128(row?.1.value()))?;
+            if b.info.state == BlockState::Committed {
+                return Ok(Some(b.info.id));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The authentication shares of all committed blocks, in consumption order, one entry
+    /// per committed block: blocks stored without a share (e.g. by
+    /// [`StorePool::append_block`]) give an *empty* entry, so entries line up with the
+    /// committed blocks of [`StorePool::block_infos`]. Provisional and discarded blocks
+    /// give nothing (a discard deletes the share).
+    pub fn auth_shares(&self) -> Result<Vec<SecretBytes>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let order = txn.open_table(ORDER)?;
+        let blocks = txn.open_table(BLOCKS)?;
+        let shares = txn.open_table(SHARES)?;
+        let mut out = Vec::new();
+        for row in order.range((self.onu, 0)..=(self.onu, u64::MAX))? {
+            let b = ordered_block(&blocks, Uuid::from_u128(row?.1.value()))?;
+            if b.info.state != BlockState::Committed {
+                continue;
+            }
+            out.push(match shares.get(b.info.id.as_u128())? {
+                Some(v) => open_value(self.cipher.as_deref(), &b, ValueKind::Share, v.value())?,
+                None => SecretBytes::new(Vec::new()),
+            });
+        }
+        Ok(out)
     }
 
     /// Every ledger entry of this ONU, in order (a snapshot, for audits).
@@ -749,10 +1143,7 @@ impl StorePool {
         let blocks = txn.open_table(BLOCKS)?;
         let mut out = Vec::new();
         for row in order.range((self.onu, 0)..=(self.onu, u64::MAX))? {
-            let id = Uuid::from_u128(row?.1.value());
-            let b = load_block(&blocks, id)?
-                .ok_or_else(|| StoreError::Corrupt(format!("ordered block {id} missing")))?;
-            out.push(b.info);
+            out.push(ordered_block(&blocks, Uuid::from_u128(row?.1.value()))?.info);
         }
         Ok(out)
     }
@@ -763,25 +1154,9 @@ impl StorePool {
         Ok(load_meta(&txn.open_table(ONUS)?, self.onu)?.totals)
     }
 
-    /// Unused key bits, or the store's error ([`KeyPool::level_bits`] reports 0 instead).
+    /// Unused key bits, or the store's error ([`crate::KeyPool::level_bits`] reports 0 instead).
     pub fn try_level_bits(&self) -> Result<u64, StoreError> {
         Ok(self.totals()?.level * 8)
-    }
-}
-
-impl KeyPool for StorePool {
-    fn append(&mut self, id: Uuid, key: &BitBlock) -> Result<(), PoolError> {
-        Ok(self.append_block(id, key)?)
-    }
-
-    /// Whole unused bytes × 8; 0 if the store cannot be read (fail closed: no key is
-    /// promised that might not be there).
-    fn level_bits(&self) -> u64 {
-        self.try_level_bits().unwrap_or(0)
-    }
-
-    fn blocks(&self) -> u64 {
-        self.totals().map(|t| t.blocks).unwrap_or(0)
     }
 }
 

@@ -291,6 +291,8 @@ fn check(path: &Path, seed: u64, used_log: &Path) -> Stats {
         match b.state {
             BlockState::Committed => assert_eq!(end, b.used_bytes, "block {n}: cursor vs ledger"),
             BlockState::Discarded => assert_eq!(end, usable, "discarded block {n} not fully accounted"),
+            // This worker appends committed blocks only.
+            other => panic!("block {n} is {other:?}"),
         }
         assert_eq!(end + b.remaining_bytes(), usable, "block {n}: bytes unaccounted for");
     }

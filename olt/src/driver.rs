@@ -62,20 +62,50 @@ impl<R: CryptoRng> OnuLink<R> {
         if self.session.poll_timeout().is_some_and(|t| t <= now) {
             self.session.handle_timeout(now);
         }
+        self.take_events(now);
+    }
+
+    /// Applies the session's events to the pool and the statistics.
+    fn take_events(&mut self, now: Instant) {
+        // Each event's pool effect is durable before the next event is taken (frames that
+        // depend on it are released only then: see the session's "Pool agreement"). A pool
+        // that fails stops the session: nothing is confirmed that is not stored.
         while let Some(e) = self.session.poll_event() {
-            match e {
+            let stored = match e {
+                Event::Provisional(b) => self.pool.stage(&b),
                 Event::Block(b, s) => {
-                    // A pool that refuses the block (store failure) loses nothing silently:
-                    // the block is counted as aborted with the store's reason.
-                    match self.pool.append(b.id, &b.key) {
-                        Ok(()) => self.stats.on_block(b.key.len() as u64, &s),
-                        Err(_) => *self.stats.aborted.entry("PoolStore".into()).or_default() += 1,
+                    let r = self.pool.append(b.id, &b.key);
+                    if r.is_ok() {
+                        self.stats.on_block(b.key.len() as u64, &s);
                     }
+                    r
                 }
-                Event::Aborted { reason, .. } => self.stats.on_abort(&reason),
-                Event::Stopped(reason) => self.stats.on_abort(&reason),
-                _ => {}
+                Event::Discarded { id } => {
+                    self.stats.discarded += 1;
+                    self.pool.discard(id)
+                }
+                Event::Aborted { reason, .. } => {
+                    self.stats.on_abort(&reason);
+                    Ok(())
+                }
+                Event::Stopped(reason) => {
+                    self.stats.on_abort(&reason);
+                    Ok(())
+                }
+                _ => Ok(()),
+            };
+            if let Err(e) = stored {
+                self.stats.pool_error = Some(e.to_string());
+                self.session.pool_failed(now);
             }
+        }
+    }
+
+    /// Takes the session's events, then queues the frames they released for `onu`.
+    fn flush(&mut self, now: Instant, onu: u16, outbox: &mut VecDeque<(u16, Vec<u8>)>) {
+        self.take_events(now);
+        while let Some(f) = self.session.poll_transmit() {
+            outbox.push_back((onu, f));
         }
     }
 }
@@ -175,9 +205,7 @@ impl<R: CryptoRng + Send> OltDriver<R> {
         let tags = link.session.peer_tags_verified();
         if let Some(challenge) = sch.range(onu, equalisation, prior_quality, tags, self.slots.latest()) {
             let _ = link.session.send_slot_map(now, challenge);
-            while let Some(f) = link.session.poll_transmit() {
-                self.outbox.push_back((onu, f));
-            }
+            link.flush(now, onu, &mut self.outbox);
         }
     }
 
@@ -216,9 +244,7 @@ impl<R: CryptoRng + Send> OltDriver<R> {
                 }
                 Action::Cancel => link.session.cancel_slot_map(),
             }
-            while let Some(f) = link.session.poll_transmit() {
-                self.outbox.push_back((onu, f));
-            }
+            link.flush(now, onu, &mut self.outbox);
         }
         Ok(changed)
     }
@@ -244,15 +270,15 @@ impl<R: CryptoRng + Send> OltDriver<R> {
 
     /// A new classical connection to `onu`: its session re-sends what is outstanding.
     pub fn reset_link(&mut self, onu: u16, now: Instant) {
+        // Frames queued for the old connection are not sent on the new one.
+        self.outbox.retain(|(o, _)| *o != onu);
         if let Some(l) = self.onus.get_mut(&onu) {
             l.session.reset_link(now);
             // The ONU may have restarted: it gets the view of the map it must hold again.
             if let Some(u) = self.scheduling.as_ref().and_then(|s| s.onus.get(&onu)?.required.clone()) {
                 let _ = l.session.send_slot_map(now, u);
             }
-            while let Some(f) = l.session.poll_transmit() {
-                self.outbox.push_back((onu, f));
-            }
+            l.flush(now, onu, &mut self.outbox);
         }
     }
 

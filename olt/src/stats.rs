@@ -21,6 +21,10 @@ pub struct OnuStats {
     pub key_errors: u64,
     /// Aborted blocks by reason.
     pub aborted: BTreeMap<String, u64>,
+    /// Blocks withdrawn from the pool (provisional or committed) by the pool agreement.
+    pub discarded: u64,
+    /// The pool's last failure (the session then stopped).
+    pub pool_error: Option<String>,
     /// The last finished block's statistics.
     pub last_block: Option<BlockStats>,
     /// Gates the ONU owned by slot map (pulses it sent), up to the last detector status.

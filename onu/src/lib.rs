@@ -34,8 +34,10 @@ pub struct OnuDriverStats {
     pub blocks: u64,
     /// Secret bits appended to the pool.
     pub secret_bits: u64,
-    /// Blocks discarded because the OLT did not commit them.
+    /// Blocks withdrawn (provisional or committed) because the OLT did not commit them.
     pub discarded: u64,
+    /// The pool's last failure (the session then stopped).
+    pub pool_error: Option<String>,
     /// Aborted blocks by reason.
     pub aborted: BTreeMap<String, u64>,
     /// Frames refused.
@@ -116,6 +118,11 @@ impl<P: PulseSource> OnuDriver<P> {
         }
     }
 
+    fn pool_failed(&mut self, e: qpon_kms::PoolError) {
+        self.stats.pool_error = Some(e.to_string());
+        self.session.pool_failed();
+    }
+
     /// The statistics.
     pub fn stats(&self) -> &OnuDriverStats {
         &self.stats
@@ -187,14 +194,32 @@ impl<P: PulseSource> OnuDriver<P> {
                             }
                         }
                     }
+                    // Each pool effect is durable before the next event is taken: the frame
+                    // that depends on it (Confirm, Committed, the sync's answer) is released
+                    // only then. A pool that fails stops the session (fail closed).
+                    Event::Provisional(b) => {
+                        if let Err(e) = self.pool.stage(&b) {
+                            self.pool_failed(e);
+                        }
+                    }
                     Event::Block(b, _) => match self.pool.append(b.id, &b.key) {
                         Ok(()) => {
                             self.stats.blocks += 1;
                             self.stats.secret_bits += b.key.len() as u64;
                         }
-                        Err(_) => *self.stats.aborted.entry("PoolStore".into()).or_default() += 1,
+                        Err(e) => self.pool_failed(e),
                     },
-                    Event::Discarded { .. } => self.stats.discarded += 1,
+                    Event::Discarded { id } => {
+                        self.stats.discarded += 1;
+                        if let Err(e) = self.pool.discard(id) {
+                            self.pool_failed(e);
+                        }
+                    }
+                    Event::PoolSync { last_committed } => {
+                        if let Err(e) = self.pool.truncate_after(last_committed) {
+                            self.pool_failed(e);
+                        }
+                    }
                     Event::SlotMap(u) => self.install_slot_map(&u),
                     Event::Aborted { reason, .. } | Event::Stopped(reason) => {
                         *self.stats.aborted.entry(format!("{reason:?}")).or_default() += 1;

@@ -103,6 +103,8 @@ pub fn run_link(
             }
         }
         while let Some(e) = olt.poll_event() {
+            // Taking an event may release frames that waited for it.
+            progress = true;
             match e {
                 Event::Block(b, s) => {
                     out.secret_bits += b.key.len() as u64;

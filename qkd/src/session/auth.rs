@@ -51,7 +51,7 @@ impl Stream {
 
 /// Proportions (in fifths) in which a pre-shared secret or a block's authentication share
 /// is split between hash keys, downstream pads and upstream pads.
-pub const SPLIT: [usize; 3] = [1, 3, 1];
+pub const SPLIT: [usize; 3] = [1, 2, 2];
 
 /// Why authentication material could not be used.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -191,18 +191,61 @@ impl AuthLedger for MemoryLedger {
     }
 }
 
-/// The bytes of one stream that are still available, from absolute byte offset `base`.
+/// The bytes of one stream that are still available.
+///
+/// Positions are absolute byte offsets in the stream (the pre-shared secret's part first,
+/// then each committed share's part). Positions below `taken` are gone: used, skipped, or
+/// passed over. `data` holds positions `start..start + data.len()`; normally
+/// `start == taken`, but after [`StreamBuf::remove_tail`] took back bytes some of which
+/// were already used, the end may lie below `taken`, and bytes appended at positions below
+/// `taken` are then dropped on arrival (never handed out).
 #[derive(Default)]
 struct StreamBuf {
-    base: u64,
+    start: u64,
+    taken: u64,
     data: VecDeque<u8>,
+}
+
+impl StreamBuf {
+    fn end(&self) -> u64 {
+        self.start + self.data.len() as u64
+    }
+
+    fn append(&mut self, bytes: &[u8]) {
+        let end = self.end();
+        let drop = usize::try_from(self.taken.saturating_sub(end)).unwrap_or(usize::MAX).min(bytes.len());
+        if self.data.is_empty() {
+            self.start = end + drop as u64;
+        }
+        self.data.extend(bytes[drop..].iter().copied());
+    }
+
+    /// Removes the last `len` bytes of the stream (zeroised).
+    fn remove_tail(&mut self, len: u64) {
+        let new_end = self.end().saturating_sub(len);
+        if new_end >= self.start {
+            let keep = (new_end - self.start) as usize;
+            for b in self.data.range_mut(keep..) {
+                *b = 0;
+            }
+            self.data.truncate(keep);
+        } else {
+            self.wipe();
+            self.data.clear();
+            self.start = new_end;
+        }
+    }
+
+    fn wipe(&mut self) {
+        let (a, b) = self.data.as_mut_slices();
+        zeroize::Zeroize::zeroize(a);
+        zeroize::Zeroize::zeroize(b);
+    }
 }
 
 impl Drop for StreamBuf {
     fn drop(&mut self) {
-        let (a, b) = self.data.as_mut_slices();
-        zeroize::Zeroize::zeroize(a);
-        zeroize::Zeroize::zeroize(b);
+        self.wipe();
     }
 }
 
@@ -223,12 +266,18 @@ impl core::fmt::Debug for AuthMaterial {
     }
 }
 
+/// The lengths of the three stream shares of `len` bytes, in the proportions of [`SPLIT`].
+fn split_lens(len: usize) -> [usize; 3] {
+    let total: usize = SPLIT.iter().sum();
+    let a = len * SPLIT[0] / total;
+    let b = len * SPLIT[1] / total;
+    [a, b, len - a - b]
+}
+
 /// Splits `bytes` into the three stream shares in the proportions of [`SPLIT`].
 fn split(bytes: &[u8]) -> [&[u8]; 3] {
-    let total: usize = SPLIT.iter().sum();
-    let a = bytes.len() * SPLIT[0] / total;
-    let b = a + bytes.len() * SPLIT[1] / total;
-    [&bytes[..a], &bytes[a..b], &bytes[b..]]
+    let [a, b, _] = split_lens(bytes.len());
+    [&bytes[..a], &bytes[a..a + b], &bytes[a + b..]]
 }
 
 impl AuthMaterial {
@@ -243,14 +292,24 @@ impl AuthMaterial {
     /// shares in the same order.
     pub fn append_share(&mut self, share: &[u8]) {
         for (s, part) in self.streams.iter_mut().zip(split(share)) {
-            s.data.extend(part.iter().copied());
+            s.append(part);
+        }
+    }
+
+    /// Takes back the last share appended, of `len` bytes: its block was discarded (the
+    /// peer never committed it), so the peer's streams end before it. Positions of it that
+    /// were already used stay used, so a later share's bytes at those positions are never
+    /// handed out either (the peer skips them when it sees our next index).
+    pub fn remove_last_share(&mut self, len: usize) {
+        for (s, part) in self.streams.iter_mut().zip(split_lens(len)) {
+            s.remove_tail(part as u64);
         }
     }
 
     /// Bytes still available in `stream` beyond absolute offset `from`.
     pub fn available(&self, stream: Stream, from: u64) -> u64 {
         let s = &self.streams[stream.slot()];
-        (s.base + s.data.len() as u64).saturating_sub(from.max(s.base))
+        s.end().saturating_sub(from.max(s.taken))
     }
 
     /// Unit `index` of `stream` with units of `unit` bytes, and forgets everything before
@@ -259,18 +318,21 @@ impl AuthMaterial {
     pub fn take(&mut self, stream: Stream, index: u64, unit: usize) -> Result<SecretBytes, AuthError> {
         let s = &mut self.streams[stream.slot()];
         let start = index.checked_mul(unit as u64).ok_or(AuthError::Exhausted(stream))?;
-        if start < s.base {
-            return Err(AuthError::AlreadyUsed { stream, index, high_water: s.base.div_ceil(unit as u64) });
+        if start < s.taken {
+            return Err(AuthError::AlreadyUsed { stream, index, high_water: s.taken.div_ceil(unit as u64) });
         }
-        let skip = (start - s.base) as usize;
-        if s.data.len() < skip + unit {
+        let stop = start.checked_add(unit as u64).ok_or(AuthError::Exhausted(stream))?;
+        if stop > s.end() {
             return Err(AuthError::Exhausted(stream));
         }
+        // start >= taken and the data reaches `stop`, so the data begins at `taken`.
+        let skip = (start - s.start) as usize;
         for b in s.data.drain(..skip) {
             let _ = b;
         }
         let out: Vec<u8> = s.data.drain(..unit).collect();
-        s.base = start + unit as u64;
+        s.start = stop;
+        s.taken = stop;
         Ok(SecretBytes::new(out))
     }
 }
@@ -300,10 +362,39 @@ mod tests {
         assert_eq!(x, y);
         assert!(matches!(a.take(down, 3, 16), Err(AuthError::AlreadyUsed { .. })));
         assert!(matches!(a.take(down, 2, 16), Err(AuthError::AlreadyUsed { .. })));
-        assert!(matches!(a.take(down, 6, 16), Err(AuthError::Exhausted(_))));
+        assert!(matches!(a.take(down, 4, 16), Err(AuthError::Exhausted(_))));
         a.append_share(&[7u8; 80]);
-        assert_eq!(a.take(down, 6, 16).unwrap().expose(), &[7u8; 16]);
+        assert_eq!(a.take(down, 4, 16).unwrap().expose(), &[7u8; 16]);
         assert!(!format!("{a:?}").contains("[7"));
+    }
+
+    #[test]
+    fn removed_share_keeps_positions_and_never_repeats_used_units() {
+        let psk = SecretBytes::new(vec![1u8; 160]);
+        let up = Stream::Pads(Direction::Upstream);
+        let [_, _, up_len] = split_lens(160);
+        // Two holders of the same material; one also committed a block the other never did.
+        let mut olt = AuthMaterial::from_psk(&psk);
+        let mut onu = AuthMaterial::from_psk(&psk);
+        onu.append_share(&[2u8; 160]);
+        // The ONU used the first unit of the discarded share's upstream part.
+        let units_psk = (up_len / 16) as u64;
+        onu.take(up, units_psk, 16).unwrap();
+        onu.remove_last_share(160);
+        assert_eq!(onu.available(up, 0), 0);
+        // Both then commit the same next block: its bytes sit at the same positions.
+        olt.append_share(&[3u8; 160]);
+        onu.append_share(&[3u8; 160]);
+        // The unit the ONU used is gone at the ONU (it skips it); the next agrees.
+        assert!(matches!(onu.take(up, units_psk, 16), Err(AuthError::AlreadyUsed { .. })));
+        assert_eq!(olt.take(up, units_psk + 1, 16).unwrap(), onu.take(up, units_psk + 1, 16).unwrap());
+        assert_eq!(olt.take(up, units_psk + 1 + 1, 16).unwrap().expose(), &[3u8; 16]);
+        // Removing a share nobody touched restores the previous end exactly.
+        let mut m = AuthMaterial::from_psk(&psk);
+        let before = m.available(up, 0);
+        m.append_share(&[9u8; 160]);
+        m.remove_last_share(160);
+        assert_eq!(m.available(up, 0), before);
     }
 
     #[test]

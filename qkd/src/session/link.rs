@@ -64,7 +64,11 @@ impl AuthPolicy {
             AuthPolicy::PerPhase => {
                 matches!(
                     msg,
-                    Message::Estimate(_) | Message::Finish(_) | Message::Ack(_) | Message::Confirm(_)
+                    Message::Estimate(_)
+                        | Message::Finish(_)
+                        | Message::Ack(_)
+                        | Message::Confirm(_)
+                        | Message::Committed(_)
                 )
             }
         }
@@ -318,6 +322,12 @@ impl Link {
         self.material.append_share(share);
     }
 
+    /// Takes back the last appended share of `len` bytes (its block was discarded at a pool
+    /// sync). Units of it already used stay used.
+    pub fn remove_last_share(&mut self, len: usize) {
+        self.material.remove_last_share(len);
+    }
+
     /// Authentication bits this end has consumed (hash keys and pads).
     pub fn auth_bits_spent(&self) -> u64 {
         self.auth_bits_spent
@@ -416,7 +426,7 @@ impl Link {
         let msg = Message::decode(repr.kind, repr.direction, frame.body())?;
         let Some((epoch, index, _)) = repr.auth else {
             // Whoever can inject frames must not be able to move an ONU's slots.
-            if matches!(msg, Message::SlotMap(_)) {
+            if matches!(msg, Message::SlotMap(_) | Message::PoolSync(_) | Message::PoolSyncAck(_)) {
                 return Err(LinkError::MissingTag(msg.name()));
             }
             return Ok(Received::Message { msg, authenticated: false });

@@ -13,15 +13,18 @@
 //! | 2 | OLT → ONU | [`Estimate`]: counts, pre-check, first reconciliation flight | yes |
 //! | 3 | OLT → ONU | [`Reconcile`]: reconciliation requests | no |
 //! | 4 | OLT → ONU | [`Finish`]: verification, ℓ, PA seed, block ID | yes |
-//! | 5 | OLT → ONU | [`Ack`]: the OLT committed the block | yes |
+//! | 5 | OLT → ONU | [`Ack`]: the ONU may commit the block | yes |
 //! | 6, 20 | both | [`Abort`]: the block is abandoned, with a reason | no |
 //! | 7 | OLT → ONU | [`SlotMapUpdate`]: the ONU's view of a new slot map (control) | always |
+//! | 8 | OLT → ONU | [`PoolSync`]: pool resynchronisation on a new connection (control) | always |
 //! | 17 | ONU → OLT | [`SiftAnswer`]: match + intensity codes, test bits | no |
 //! | 18 | ONU → OLT | [`ReconcileAnswer`]: reconciliation replies | no |
 //! | 19 | ONU → OLT | [`Confirm`]: the ONU holds the block | yes |
 //! | 21 | ONU → OLT | [`SlotMapAck`]: the ONU installed a slot map (control) | when safe |
+//! | 22 | ONU → OLT | [`Committed`]: the ONU committed the block; the OLT commits it | yes |
+//! | 23 | ONU → OLT | [`PoolSyncAck`]: the ONU's pool agrees with the OLT's (control) | always |
 //!
-//! Kinds 7 and 21 are *control* messages: they belong to no block and stay out of the
+//! Kinds 7, 8, 21 and 23 are *control* messages: they belong to no block and stay out of the
 //! block transcripts (see [`super::link`] for how they are authenticated and why the
 //! acknowledgement is tagged only when that cannot disturb a block).
 
@@ -86,6 +89,9 @@ pub enum AbortReason {
     PulsesUnavailable,
     /// A message broke the protocol.
     Protocol,
+    /// The key pool could not record a block durably (or no longer matches the peer's):
+    /// nothing may be confirmed, the session stops.
+    PoolStore,
 }
 
 /// OLT → ONU, tagged: the block's counts, the pre-check verdict, and — when it proceeds —
@@ -151,7 +157,8 @@ pub struct Confirm {
     pub block_id: Uuid,
 }
 
-/// OLT → ONU, tagged: the OLT committed the block; the ONU may use it.
+/// OLT → ONU, tagged: the OLT holds the block (provisionally) and the ONU may commit it.
+/// Retransmitted until the ONU answers [`Committed`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ack {
     /// Block attempt number.
@@ -192,6 +199,36 @@ pub struct SlotMapAck {
     pub version: u32,
 }
 
+/// ONU → OLT, tagged: the ONU committed the block durably; the OLT commits it on this.
+/// Until then the OLT's copy is provisional (see [`super`], "Pool agreement").
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Committed {
+    /// Block attempt number.
+    pub block: u64,
+    /// The block's ID.
+    pub block_id: Uuid,
+}
+
+/// OLT → ONU, control, always tagged: the first message on every new connection, before
+/// any block. Names the last block the OLT committed and, when the connection broke while
+/// a block awaited the ONU's [`Committed`], that block: the ONU keeps it if it holds it,
+/// and discards every block of its own after the last one both hold.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolSync {
+    /// The last block committed at the OLT (`None`: none yet).
+    pub last_committed: Option<Uuid>,
+    /// A block the OLT holds provisionally and will commit if the ONU holds it.
+    pub offer: Option<Uuid>,
+}
+
+/// ONU → OLT, control, always tagged: the ONU's pool now ends with the OLT's last
+/// committed block, or with `kept` (the offered block, which the OLT then commits).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolSyncAck {
+    /// The offered block, if the ONU held it and committed it.
+    pub kept: Option<Uuid>,
+}
+
 /// Any session message.
 #[derive(Clone, Debug, PartialEq)]
 #[allow(missing_docs)]
@@ -208,6 +245,9 @@ pub enum Message {
     AbortUp(Abort),
     SlotMap(SlotMapUpdate),
     SlotMapAck(SlotMapAck),
+    Committed(Committed),
+    PoolSync(PoolSync),
+    PoolSyncAck(PoolSyncAck),
 }
 
 /// Why a body could not be decoded.
@@ -237,13 +277,16 @@ impl Message {
             Message::Confirm(_) => 19,
             Message::AbortUp(_) => 20,
             Message::SlotMapAck(_) => 21,
+            Message::PoolSync(_) => 8,
+            Message::Committed(_) => 22,
+            Message::PoolSyncAck(_) => 23,
         }
     }
 
-    /// Whether frames of `kind` carry control messages (slot maps and their
+    /// Whether frames of `kind` carry control messages (slot maps, pool syncs and their
     /// acknowledgements): outside every block and its transcript.
     pub fn is_control_kind(kind: u8) -> bool {
-        matches!(kind, 7 | 21)
+        matches!(kind, 7 | 8 | 21 | 23)
     }
 
     /// Whether this is a control message (see [`Message::is_control_kind`]).
@@ -265,6 +308,9 @@ impl Message {
             Message::Confirm(_) => "confirm",
             Message::SlotMap(_) => "slot_map",
             Message::SlotMapAck(_) => "slot_map_ack",
+            Message::Committed(_) => "committed",
+            Message::PoolSync(_) => "pool_sync",
+            Message::PoolSyncAck(_) => "pool_sync_ack",
         }
     }
 
@@ -286,7 +332,10 @@ impl Message {
             Message::SiftAnswer(m) => m.block,
             Message::ReconcileAnswer(m) => m.block,
             Message::Confirm(m) => m.block,
-            Message::SlotMap(_) | Message::SlotMapAck(_) => 0,
+            Message::Committed(m) => m.block,
+            Message::SlotMap(_) | Message::SlotMapAck(_) | Message::PoolSync(_) | Message::PoolSyncAck(_) => {
+                0
+            }
         }
     }
 
@@ -310,6 +359,9 @@ impl Message {
             Message::Confirm(m) => enc(m, out),
             Message::SlotMap(m) => enc(m, out),
             Message::SlotMapAck(m) => enc(m, out),
+            Message::Committed(m) => enc(m, out),
+            Message::PoolSync(m) => enc(m, out),
+            Message::PoolSyncAck(m) => enc(m, out),
         }
     }
 
@@ -334,6 +386,9 @@ impl Message {
             (Direction::Upstream, 19) => Message::Confirm(dec(body, "confirm")?),
             (Direction::Upstream, 20) => Message::AbortUp(dec(body, "abort")?),
             (Direction::Upstream, 21) => Message::SlotMapAck(dec(body, "slot_map_ack")?),
+            (Direction::Downstream, 8) => Message::PoolSync(dec(body, "pool_sync")?),
+            (Direction::Upstream, 22) => Message::Committed(dec(body, "committed")?),
+            (Direction::Upstream, 23) => Message::PoolSyncAck(dec(body, "pool_sync_ack")?),
             _ => return Err(DecodeError::UnknownKind(kind)),
         };
         Ok(m)
@@ -361,6 +416,10 @@ mod tests {
             Message::AbortUp(Abort { block: 4, reason: AbortReason::BadTag }),
             Message::SlotMap(SlotMapUpdate { version: 5, from_frame: 8_400, map: vec![1, 0, 0, 0, 9] }),
             Message::SlotMapAck(SlotMapAck { version: 5 }),
+            Message::Committed(Committed { block: 3, block_id: Uuid::from_u128(9) }),
+            Message::PoolSync(PoolSync { last_committed: Some(Uuid::from_u128(8)), offer: None }),
+            Message::PoolSync(PoolSync { last_committed: None, offer: Some(Uuid::from_u128(9)) }),
+            Message::PoolSyncAck(PoolSyncAck { kept: Some(Uuid::from_u128(9)) }),
         ];
         for m in msgs {
             let mut body = Vec::new();

@@ -36,9 +36,30 @@
 //!    draws the Toeplitz seed and names the block ([`message::Finish`], tagged). The ONU
 //!    checks the verification tag, recomputes ℓ itself, amplifies, and answers
 //!    [`message::Confirm`] (tagged).
-//! 5. **Commit.** The OLT emits the block and acks it ([`message::Ack`], tagged); the ONU
-//!    emits it on the ack (or when the next block's estimate names it as the last
-//!    committed; if it names another block, the ONU discards its copy).
+//! 5. **Commit** (below).
+//!
+//! # Pool agreement
+//! Both ends must hold the same blocks in the same order, also after either end was killed
+//! at any instant. Each end stores a block *provisionally* (durable, not usable) as soon as
+//! it has amplified it — the OLT before its `Finish`, the ONU before its `Confirm` — and
+//! commits it in three steps: the OLT answers the `Confirm` with an [`message::Ack`]
+//! (tagged, retransmitted), the ONU commits and answers [`message::Committed`] (tagged),
+//! and the OLT commits on that. So a block committed at the OLT is committed at the ONU,
+//! and the ONU is at most one block ahead. The session emits [`Event::Provisional`],
+//! [`Event::Block`] (commit) and [`Event::Discarded`]; a frame that depends on one leaves
+//! only after the driver has taken the event (see `queue.rs`), so a driver that performs
+//! each event durably before taking the next gets the order right.
+//!
+//! Every connection opens with a pool sync ([`message::PoolSync`], tagged control): the
+//! OLT names its last committed block and, if the connection broke while a block awaited
+//! the ONU's `Committed`, offers it. The ONU keeps the offered block if it holds it and
+//! discards everything else after the last committed block — a provisional block, or a
+//! block it committed that the OLT never did (its authentication share is taken back) —
+//! then answers [`message::PoolSyncAck`]; the OLT commits the offered block if kept,
+//! discards it otherwise. After a restart the OLT's driver discards every provisional block
+//! and offers nothing. Hence a `kill -9` of either end between privacy amplification and
+//! the peer's acknowledgement leaves the block discarded (and recorded so) on both ends,
+//! and no block is ever usable at one end only. No block runs before the sync is done.
 //!
 //! The first [`SessionConfig::auth_share_bytes`] of every block refill the
 //! authentication reserve on both ends; the rest is the key block. A block whose ℓ does
@@ -50,14 +71,15 @@ mod link;
 mod message;
 mod olt;
 mod onu;
+mod queue;
 pub mod stream;
 
 pub use auth::{AuthError, AuthLedger, AuthMaterial, LedgerEntry, MemoryLedger, Purpose, SPLIT, Stream};
 pub use frame::{Direction, Frame, FrameError, FrameRepr, HEADER_LEN, MAX_TAG_LEN, VERSION};
 pub use link::{AuthPolicy, Link, LinkError, MAX_AHEAD, Received};
 pub use message::{
-    Abort, AbortReason, Ack, Announce, Confirm, DecodeError, Estimate, Finish, Message, Reconcile,
-    ReconcileAnswer, SiftAnswer, SlotMapAck, SlotMapUpdate,
+    Abort, AbortReason, Ack, Announce, Committed, Confirm, DecodeError, Estimate, Finish, Message, PoolSync,
+    PoolSyncAck, Reconcile, ReconcileAnswer, SiftAnswer, SlotMapAck, SlotMapUpdate,
 };
 pub use olt::OltSession;
 pub use onu::OnuSession;
@@ -206,6 +228,20 @@ pub struct KeyBlock {
     pub key: BitBlock,
 }
 
+/// A block after privacy amplification, to be stored provisionally (durable, not usable)
+/// until [`Event::Block`] commits it or [`Event::Discarded`] withdraws it. `Debug` shows
+/// lengths only.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProvisionalBlock {
+    /// The block ID.
+    pub id: Uuid,
+    /// The key block (what [`Event::Block`] will carry).
+    pub key: BitBlock,
+    /// The block's authentication share (joins the authentication material on commit; a
+    /// restarted end rebuilds its material from the pre-shared secret and these).
+    pub share: crate::secret::SecretBytes,
+}
+
 /// An alarm a session raises for its operator.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
@@ -221,7 +257,10 @@ pub enum Alarm {
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub enum Event {
-    /// A key block both ends hold.
+    /// Store this block provisionally before taking the next event (see "Pool agreement").
+    Provisional(ProvisionalBlock),
+    /// Commit this block (provisionally stored before): it is usable. A driver without
+    /// provisional storage appends it now.
     Block(KeyBlock, BlockStats),
     /// A block was abandoned (a normal outcome: noise, attack, loss). No key from it.
     Aborted {
@@ -232,7 +271,8 @@ pub enum Event {
         /// Whether the peer told us (unauthenticated) rather than our own checks.
         by_peer: bool,
     },
-    /// A block the ONU held was not committed by the OLT and is discarded (ONU side).
+    /// A provisional or committed block this end holds is withdrawn (the peer may lack it):
+    /// record it as discarded, never use it.
     Discarded {
         /// The block's ID.
         id: Uuid,
@@ -250,6 +290,13 @@ pub enum Event {
     /// ONU: the OLT sent a new slot map (authenticated). The driver reconfigures its source
     /// from `from_frame` on and then calls `OnuSession::ack_slot_map`.
     SlotMap(message::SlotMapUpdate),
+    /// ONU, pool sync: after the events before this one, the pool must end with
+    /// `last_committed` (`None`: be empty). Discard every block after it (e.g. one left
+    /// provisional by a restart); if the pool lacks it, call `OnuSession::pool_failed`.
+    PoolSync {
+        /// The last block both ends hold committed.
+        last_committed: Option<Uuid>,
+    },
     /// The session stopped and will do nothing more.
     Stopped(AbortReason),
 }

@@ -7,6 +7,7 @@ use super::link::{Link, LinkError, Received};
 use super::message::{
     Abort, AbortReason, Ack, Announce, Estimate, Finish, Message, Reconcile, SlotMapAck, SlotMapUpdate,
 };
+use super::queue::Queues;
 use super::{Alarm, BlockStats, Event, KeyBlock, SessionConfig, SessionError, SiftTotals};
 use crate::bits::BitBlock;
 use crate::finite_key::{BoundInput, binary_entropy, finite_key};
@@ -32,9 +33,36 @@ struct SiftAcc {
 
 enum State {
     Sifting(SiftAcc),
-    Reconciling { acc: SiftAcc, corrector: Box<CascadeCorrector> },
-    AwaitConfirm { key: BitBlock, block_id: Uuid, stats: BlockStats },
+    Reconciling {
+        acc: SiftAcc,
+        corrector: Box<CascadeCorrector>,
+    },
+    AwaitConfirm(Held),
+    /// The ONU confirmed; our `Ack` awaits its `Committed`.
+    AwaitCommitted(Held),
     Stopped,
+}
+
+/// A block after privacy amplification, held provisionally (in the pool, not usable) until
+/// the ONU's `Committed`.
+struct Held {
+    /// The whole ℓ bits: the authentication share first, then the key block.
+    key: BitBlock,
+    block_id: Uuid,
+    stats: BlockStats,
+}
+
+/// Progress of the pool sync that opens every connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SyncState {
+    /// Not sent yet on this connection.
+    Needed,
+    /// Sent, awaiting the ONU's acknowledgement.
+    Sent { deadline: Instant, sent: u32 },
+    /// Retransmitted `max_retries` times without an answer: wait for a new connection.
+    GaveUp,
+    /// Both pools agree; blocks may run.
+    Done,
 }
 
 /// The request awaiting a reply, for retransmission.
@@ -68,8 +96,7 @@ pub struct OltSession<R: CryptoRng> {
     last_gate: Option<u64>,
     sift_deadline: Option<Instant>,
     in_flight: Option<InFlight>,
-    outbox: VecDeque<Vec<u8>>,
-    events: VecDeque<Event>,
+    q: Queues,
     last_committed: Option<Uuid>,
     refresh_epoch: bool,
     blocks_in_epoch: u32,
@@ -78,6 +105,10 @@ pub struct OltSession<R: CryptoRng> {
     control: Option<ControlOut>,
     slot_map_acked: Option<u32>,
     peer_tags: u64,
+    sync: SyncState,
+    /// A provisional block whose `Committed` the broken connection may have carried: offered
+    /// to the ONU in the next pool sync.
+    offer: Option<Held>,
 }
 
 impl<R: CryptoRng> core::fmt::Debug for OltSession<R> {
@@ -113,8 +144,7 @@ impl<R: CryptoRng> OltSession<R> {
             last_gate: None,
             sift_deadline: None,
             in_flight: None,
-            outbox: VecDeque::new(),
-            events: VecDeque::new(),
+            q: Queues::default(),
             last_committed: None,
             refresh_epoch: true,
             blocks_in_epoch: 0,
@@ -123,6 +153,34 @@ impl<R: CryptoRng> OltSession<R> {
             control: None,
             slot_map_acked: None,
             peer_tags: 0,
+            sync: SyncState::Needed,
+            offer: None,
+        }
+    }
+
+    /// After a restart: the last block committed in this ONU's pool at the OLT (the driver
+    /// discards its provisional blocks first). The pool sync names it to the ONU, which
+    /// discards whatever it holds beyond it. Call before the first input.
+    pub fn restore_last_committed(&mut self, id: Option<Uuid>) {
+        self.last_committed = id;
+    }
+
+    /// The last block committed at this end.
+    pub fn last_committed(&self) -> Option<Uuid> {
+        self.last_committed
+    }
+
+    /// Whether this connection's pool sync is done (blocks run only after it).
+    pub fn is_synced(&self) -> bool {
+        self.sync == SyncState::Done
+    }
+
+    /// The driver could not store a block (or the pool failed otherwise): stop, sending
+    /// nothing that would let the ONU rely on it (fail closed).
+    pub fn pool_failed(&mut self, now: Instant) {
+        if !self.is_stopped() {
+            self.q.drop_frames();
+            self.stop(now, AbortReason::PoolStore);
         }
     }
 
@@ -180,10 +238,29 @@ impl<R: CryptoRng> OltSession<R> {
     /// A new connection to the ONU: forget its sequence numbers and abandon the block in
     /// progress.
     pub fn reset_link(&mut self, now: Instant) {
+        // Frames not yet sent belonged to the old connection; nothing of a block may go out
+        // on the new one before its pool sync.
+        self.q.drop_frames();
         self.link.reset();
+        self.sync = SyncState::Needed;
         if !self.is_stopped() {
             self.in_flight = None;
-            self.abort_block(now, AbortReason::Timeout, false, false);
+            match core::mem::replace(&mut self.state, State::Stopped) {
+                // The ONU may hold (or even have committed) this block: offer it in the sync
+                // rather than lose it; the ONU's answer decides.
+                State::AwaitConfirm(h) | State::AwaitCommitted(h) => {
+                    self.discard_offer();
+                    self.offer = Some(h);
+                    self.refresh_epoch = true;
+                    self.link.burn_epoch();
+                    self.next_block(now);
+                }
+                other => {
+                    self.state = other;
+                    self.abort_block(now, AbortReason::Timeout, false, false);
+                }
+            }
+            self.flush_sync(now, true);
         }
         // A slot map not yet acknowledged goes out again on the new connection.
         if let Some(c) = self.control.as_mut() {
@@ -257,9 +334,20 @@ impl<R: CryptoRng> OltSession<R> {
             self.control = None;
             return Ok(());
         }
+        let msg = Message::SlotMap(c.update.clone());
+        let bytes = self.send_control(&msg, c.sent > 0)?;
+        let Some(c) = self.control.as_mut() else { return Ok(()) };
+        c.sent += 1;
+        c.deadline = Some(now + self.cfg.rto);
+        self.q.frame(bytes);
+        Ok(())
+    }
+
+    /// Frames a tagged control message, loading a hash key if none is loaded.
+    fn send_control(&mut self, msg: &Message, retransmission: bool) -> Result<Vec<u8>, LinkError> {
         let between_blocks =
             self.in_flight.is_none() && matches!(&self.state, State::Sifting(acc) if acc.batch == 0);
-        if c.sent > 0 && between_blocks {
+        if retransmission && between_blocks {
             // No acknowledgement: the ONU may have refused a forged frame and burnt this hash
             // key without telling us (outside a block it has nobody to tell). A fresh key
             // for the retransmission gets through either way; no block uses this one yet.
@@ -272,16 +360,70 @@ impl<R: CryptoRng> OltSession<R> {
             self.refresh_epoch = false;
             self.blocks_in_epoch = 0;
         }
-        let Some(c) = self.control.as_mut() else { return Ok(()) };
-        let bytes = self.link.send_control(&Message::SlotMap(c.update.clone()), true)?;
-        c.sent += 1;
-        c.deadline = Some(now + self.cfg.rto);
-        self.outbox.push_back(bytes);
+        self.link.send_control(msg, true)
+    }
+
+    /// Sends the pool sync when it is due (see [`super`], "Pool agreement"): the first time
+    /// only when `start` (a new connection, or blocks are waiting to run), then on its
+    /// retransmission timer. A failure (authentication material exhausted) stops the
+    /// session.
+    fn flush_sync(&mut self, now: Instant, start: bool) {
+        let sent = match self.sync {
+            _ if self.is_stopped() => return,
+            SyncState::Needed if start => 0,
+            SyncState::Sent { deadline, sent } if now >= deadline => {
+                if sent > self.cfg.max_retries {
+                    self.sync = SyncState::GaveUp;
+                    return;
+                }
+                sent
+            }
+            _ => return,
+        };
+        let msg = Message::PoolSync(super::message::PoolSync {
+            last_committed: self.last_committed,
+            offer: self.offer.as_ref().map(|h| h.block_id),
+        });
+        match self.send_control(&msg, sent > 0) {
+            Ok(bytes) => {
+                self.q.frame(bytes);
+                self.sync = SyncState::Sent { deadline: now + self.cfg.rto, sent: sent + 1 };
+            }
+            Err(e) => self.fail(now, e),
+        }
+    }
+
+    /// The ONU answered the pool sync: commit or discard the offered block, and let blocks
+    /// run.
+    fn on_sync_ack(&mut self, now: Instant, kept: Option<Uuid>) -> Result<(), SessionError> {
+        if !matches!(self.sync, SyncState::Sent { .. } | SyncState::GaveUp) {
+            // A late duplicate: the sync is settled.
+            return Ok(());
+        }
+        if let Some(h) = self.offer.take() {
+            if kept == Some(h.block_id) {
+                self.commit(h);
+            } else {
+                self.q.event(Event::Discarded { id: h.block_id });
+            }
+        } else if kept.is_some() {
+            return Err(SessionError::PeerMisbehaved("pool sync kept a block that was not offered".into()));
+        }
+        self.sync = SyncState::Done;
+        self.try_announce(now);
         Ok(())
     }
 
-    fn on_control(&mut self, msg: Message, authenticated: bool) -> Result<(), SessionError> {
+    /// Drops the offered block, if any (it is discarded).
+    fn discard_offer(&mut self) {
+        if let Some(h) = self.offer.take() {
+            self.q.event(Event::Discarded { id: h.block_id });
+        }
+    }
+
+    fn on_control(&mut self, now: Instant, msg: Message, authenticated: bool) -> Result<(), SessionError> {
         match msg {
+            Message::PoolSyncAck(a) if authenticated => self.on_sync_ack(now, a.kept),
             Message::SlotMapAck(SlotMapAck { version }) => {
                 if self.control.as_ref().is_some_and(|c| c.update.version == version) {
                     self.control = None;
@@ -292,22 +434,23 @@ impl<R: CryptoRng> OltSession<R> {
                 }
                 Ok(())
             }
-            other => {
-                Err(SessionError::Unexpected { got: other.name(), expected: "a slot-map acknowledgement" })
-            }
+            other => Err(SessionError::Unexpected {
+                got: other.name(),
+                expected: "an acknowledgement of a slot map or a pool sync",
+            }),
         }
     }
 
     /// The next frame to send.
     #[must_use]
     pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
-        self.outbox.pop_front()
+        self.q.poll_transmit()
     }
 
     /// The next event.
     #[must_use]
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        self.q.poll_event()
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) must next be called.
@@ -327,8 +470,15 @@ impl<R: CryptoRng> OltSession<R> {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
+        let rt = match (rt, self.sync) {
+            (Some(a), SyncState::Sent { deadline, .. }) => Some(a.min(deadline)),
+            (None, SyncState::Sent { deadline, .. }) => Some(deadline),
+            (a, _) => a,
+        };
         let sift = match &self.state {
-            State::Sifting(acc) if acc.outstanding.is_none() && !self.pending.is_empty() => {
+            State::Sifting(acc)
+                if self.sync == SyncState::Done && acc.outstanding.is_none() && !self.pending.is_empty() =>
+            {
                 self.sift_deadline
             }
             _ => None,
@@ -353,12 +503,13 @@ impl<R: CryptoRng> OltSession<R> {
             } else {
                 f.retries += 1;
                 f.deadline = now + self.cfg.rto;
-                self.outbox.push_back(f.bytes.clone());
+                self.q.frame(f.bytes.clone());
             }
         }
         if self.sift_deadline.is_some_and(|d| now >= d) {
             self.try_announce(now);
         }
+        self.flush_sync(now, false);
         self.flush_control(now);
     }
 
@@ -379,7 +530,7 @@ impl<R: CryptoRng> OltSession<R> {
             Ok(Received::Message { msg, authenticated }) => (msg, authenticated),
             Ok(Received::Duplicate) => return Ok(()),
             Err(LinkError::BadTag) => {
-                self.events.push_back(Event::Alarm(Alarm::TagRefused));
+                self.q.event(Event::Alarm(Alarm::TagRefused));
                 self.in_flight = None;
                 self.abort_block(now, AbortReason::BadTag, false, true);
                 return Err(LinkError::BadTag.into());
@@ -390,7 +541,7 @@ impl<R: CryptoRng> OltSession<R> {
             self.peer_tags += 1;
         }
         if msg.is_control() {
-            return self.on_control(msg, authenticated);
+            return self.on_control(now, msg, authenticated);
         }
         if msg.block() != self.block {
             // An answer to an earlier block (e.g. a late retransmission): stale, ignored.
@@ -403,6 +554,7 @@ impl<R: CryptoRng> OltSession<R> {
             Message::SiftAnswer(a) => self.on_sift_answer(now, a),
             Message::ReconcileAnswer(a) => self.on_reconcile_answer(now, a),
             Message::Confirm(c) if authenticated => self.on_confirm(now, c),
+            Message::Committed(c) if authenticated => self.on_committed(now, c),
             Message::AbortUp(a) => {
                 self.in_flight = None;
                 self.abort_block(now, a.reason, true, false);
@@ -416,7 +568,8 @@ impl<R: CryptoRng> OltSession<R> {
         match &self.state {
             State::Sifting(_) => "sift_answer",
             State::Reconciling { .. } => "reconcile_answer",
-            State::AwaitConfirm { .. } => "an authenticated confirm",
+            State::AwaitConfirm(_) => "an authenticated confirm",
+            State::AwaitCommitted(_) => "an authenticated committed",
             State::Stopped => "nothing",
         }
     }
@@ -433,12 +586,17 @@ impl<R: CryptoRng> OltSession<R> {
             self.in_flight =
                 Some(InFlight { bytes: bytes.clone(), deadline: now + self.cfg.rto, retries: 0, tagged });
         }
-        self.outbox.push_back(bytes);
+        self.q.frame(bytes);
         Ok(())
     }
 
     /// Sends the next sift batch if sifting and nothing is outstanding.
     fn try_announce(&mut self, now: Instant) {
+        if self.sync != SyncState::Done {
+            // Nothing runs before both pools agree; the first detections start the sync.
+            self.flush_sync(now, true);
+            return;
+        }
         let State::Sifting(acc) = &self.state else { return };
         if acc.outstanding.is_some() || self.pending.is_empty() {
             return;
@@ -475,8 +633,8 @@ impl<R: CryptoRng> OltSession<R> {
     fn reserve_ok(&mut self, now: Instant) -> bool {
         let (hk, tx, rx) = self.link.reserve();
         let pad = self.cfg.mac.pad_len() as u64;
-        // One hash key; per-phase tags: Estimate, Finish, Ack down, Confirm up (a margin of
-        // one more each way for retransmitted blocks).
+        // One hash key; per-phase tags: Estimate, Finish, Ack down (and a margin of one for
+        // a control frame), Confirm and Committed up.
         if hk >= crate::mac::HASH_KEY_LEN as u64 && tx >= 4 * pad && rx >= 2 * pad {
             return true;
         }
@@ -506,14 +664,19 @@ impl<R: CryptoRng> OltSession<R> {
 
     fn stop(&mut self, now: Instant, reason: AbortReason) {
         if reason == AbortReason::AuthReserveLow {
-            self.events.push_back(Event::Alarm(Alarm::AuthReserveLow));
+            self.q.event(Event::Alarm(Alarm::AuthReserveLow));
         }
         let _ =
             self.send(now, &Message::AbortDown(Abort { block: self.block, reason: reason.clone() }), false);
         self.in_flight = None;
         self.control = None;
-        self.state = State::Stopped;
-        self.events.push_back(Event::Stopped(reason));
+        if let State::AwaitConfirm(h) | State::AwaitCommitted(h) =
+            core::mem::replace(&mut self.state, State::Stopped)
+        {
+            self.q.event(Event::Discarded { id: h.block_id });
+        }
+        self.discard_offer();
+        self.q.event(Event::Stopped(reason));
     }
 
     fn fail(&mut self, now: Instant, e: LinkError) {
@@ -536,7 +699,10 @@ impl<R: CryptoRng> OltSession<R> {
                 false,
             );
         }
-        self.events.push_back(Event::Aborted { block: self.block, reason, by_peer });
+        if let State::AwaitConfirm(h) | State::AwaitCommitted(h) = &self.state {
+            self.q.event(Event::Discarded { id: h.block_id });
+        }
+        self.q.event(Event::Aborted { block: self.block, reason, by_peer });
         self.refresh_epoch = true;
         self.link.burn_epoch();
         self.next_block(now);
@@ -623,7 +789,7 @@ impl<R: CryptoRng> OltSession<R> {
                 self.fail(now, e);
                 return;
             }
-            self.events.push_back(Event::Aborted {
+            self.q.event(Event::Aborted {
                 block: self.block,
                 reason: AbortReason::PrecheckNoKey,
                 by_peer: false,
@@ -760,6 +926,9 @@ impl<R: CryptoRng> OltSession<R> {
         let block_id = uuid::Builder::from_random_bytes(id_bytes).into_uuid();
         stats.ell = ell;
         stats.auth_share_bits = share_bits;
+        // Into the pool, provisionally, before the Finish lets the ONU amplify (the frame
+        // below leaves only after the driver took this event).
+        self.q.event(Event::Provisional(provisional(block_id, &key, share_bits as usize)));
         let msg = Message::Finish(Finish {
             block: self.block,
             requests: done,
@@ -768,41 +937,72 @@ impl<R: CryptoRng> OltSession<R> {
             pa_seed: seed.as_bits().clone(),
             block_id,
         });
-        self.state = State::AwaitConfirm { key, block_id, stats };
+        self.state = State::AwaitConfirm(Held { key, block_id, stats });
         if let Err(e) = self.send(now, &msg, true) {
             self.fail(now, e);
         }
     }
 
     fn on_confirm(&mut self, now: Instant, c: super::message::Confirm) -> Result<(), SessionError> {
-        let State::AwaitConfirm { block_id, .. } = &self.state else {
+        let State::AwaitConfirm(h) = &self.state else {
             return Err(SessionError::Unexpected { got: "confirm", expected: self.expecting() });
         };
-        if c.block_id != *block_id {
+        if c.block_id != h.block_id {
             self.in_flight = None;
             self.abort_block(now, AbortReason::Inconsistent, false, true);
             return Err(SessionError::PeerMisbehaved("confirm names another block".into()));
         }
         self.in_flight = None;
-        let State::AwaitConfirm { key, block_id, mut stats } =
-            core::mem::replace(&mut self.state, State::Stopped)
+        let State::AwaitConfirm(h) = core::mem::replace(&mut self.state, State::Stopped) else {
+            unreachable!("matched above")
+        };
+        let ack = Message::Ack(Ack { block: self.block, block_id: h.block_id });
+        self.state = State::AwaitCommitted(h);
+        if let Err(e) = self.send(now, &ack, true) {
+            self.fail(now, e);
+        }
+        Ok(())
+    }
+
+    fn on_committed(&mut self, now: Instant, c: super::message::Committed) -> Result<(), SessionError> {
+        let State::AwaitCommitted(h) = &self.state else {
+            return Err(SessionError::Unexpected { got: "committed", expected: self.expecting() });
+        };
+        if c.block_id != h.block_id {
+            self.in_flight = None;
+            self.abort_block(now, AbortReason::Inconsistent, false, true);
+            return Err(SessionError::PeerMisbehaved("committed names another block".into()));
+        }
+        self.in_flight = None;
+        let State::AwaitCommitted(h) =
+            core::mem::replace(&mut self.state, State::Sifting(SiftAcc::default()))
         else {
             unreachable!("matched above")
         };
-        let share_bits = stats.auth_share_bits as usize;
-        let share = key.slice(0, share_bits);
-        let out = key.slice(share_bits, key.len());
-        self.link.append_share(&share.to_bytes());
-        self.last_committed = Some(block_id);
-        self.state = State::Sifting(SiftAcc::default());
-        let ack = Message::Ack(Ack { block: self.block, block_id });
-        if let Err(e) = self.send(now, &ack, false) {
-            self.fail(now, e);
-            return Ok(());
-        }
-        stats.auth_bits_spent = self.link.auth_bits_spent() - self.block_auth_start;
-        self.events.push_back(Event::Block(KeyBlock { id: block_id, key: out }, stats));
+        self.commit(h);
         self.next_block(now);
         Ok(())
+    }
+
+    /// Commits a held block: its share joins the authentication material, the driver
+    /// commits it in the pool ([`Event::Block`]).
+    fn commit(&mut self, h: Held) {
+        let Held { key, block_id, mut stats } = h;
+        let share_bits = stats.auth_share_bits as usize;
+        self.link.append_share(&key.slice(0, share_bits).to_bytes());
+        self.last_committed = Some(block_id);
+        stats.auth_bits_spent = self.link.auth_bits_spent() - self.block_auth_start;
+        let out = key.slice(share_bits, key.len());
+        self.q.event(Event::Block(KeyBlock { id: block_id, key: out }, stats));
+    }
+}
+
+/// The provisional form of a block of ℓ bits whose first `share_bits` are the
+/// authentication share.
+pub(super) fn provisional(id: Uuid, key: &BitBlock, share_bits: usize) -> super::ProvisionalBlock {
+    super::ProvisionalBlock {
+        id,
+        key: key.slice(share_bits, key.len()),
+        share: crate::secret::SecretBytes::new(key.slice(0, share_bits).to_bytes()),
     }
 }

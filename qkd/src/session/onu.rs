@@ -7,6 +7,7 @@ use super::link::{Link, LinkError, Received};
 use super::message::{
     Abort, AbortReason, Ack, Announce, Confirm, Estimate, Finish, Message, ReconcileAnswer, SlotMapAck,
 };
+use super::queue::Queues;
 use super::{Alarm, BlockStats, Event, KeyBlock, SessionConfig, SessionError};
 use crate::bits::BitBlock;
 use crate::finite_key::{BoundInput, finite_key};
@@ -16,7 +17,6 @@ use crate::records::PulseRecord;
 use crate::sift::{self, Announcement, DecoyCounts, SiftedKey};
 use crate::time::Instant;
 use crate::verification;
-use std::collections::VecDeque;
 use uuid::Uuid;
 
 #[derive(Default)]
@@ -54,8 +54,7 @@ pub struct OnuSession {
     block: u64,
     state: State,
     next_request: u64,
-    outbox: VecDeque<Vec<u8>>,
-    events: VecDeque<Event>,
+    q: Queues,
     last_reply: Option<Vec<u8>>,
     pending: Option<Pending>,
     block_auth_start: u64,
@@ -67,6 +66,12 @@ pub struct OnuSession {
     /// Our last reply was tagged and the OLT may still make us re-send it (it has not
     /// sent anything new since): no tagged acknowledgement may overtake its pad.
     tagged_reply_unsettled: bool,
+    /// This connection's pool sync is done (blocks run only after it).
+    synced: bool,
+    /// The last block we committed while the OLT may not have (its ID and share length):
+    /// until the OLT names it as committed, a sync or estimate naming an earlier block
+    /// discards it and takes its share back.
+    unconfirmed: Option<(Uuid, usize)>,
 }
 
 impl core::fmt::Debug for OnuSession {
@@ -90,8 +95,7 @@ impl OnuSession {
             block: 0,
             state: State::Idle,
             next_request: 0,
-            outbox: VecDeque::new(),
-            events: VecDeque::new(),
+            q: Queues::default(),
             last_reply: None,
             pending: None,
             block_auth_start: 0,
@@ -99,6 +103,30 @@ impl OnuSession {
             slot_map_installed: None,
             slot_map_resync: false,
             tagged_reply_unsettled: false,
+            synced: false,
+            unconfirmed: None,
+        }
+    }
+
+    /// After a restart: the last block committed in this ONU's pool and the length of its
+    /// authentication share (the material was rebuilt from the pre-shared secret and the
+    /// committed shares). The OLT may not have committed it; the pool sync decides. Call
+    /// before the first input.
+    pub fn restore_last_committed(&mut self, last: Option<(Uuid, usize)>) {
+        self.unconfirmed = last;
+    }
+
+    /// Whether this connection's pool sync is done.
+    pub fn is_synced(&self) -> bool {
+        self.synced
+    }
+
+    /// The driver could not store a block, or its pool lacks the block the OLT named in a
+    /// pool sync: stop, sending nothing more (fail closed).
+    pub fn pool_failed(&mut self) {
+        if !self.is_stopped() {
+            self.q.drop_frames();
+            self.stop(AbortReason::PoolStore);
         }
     }
 
@@ -120,13 +148,13 @@ impl OnuSession {
     /// The next frame to send.
     #[must_use]
     pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
-        self.outbox.pop_front()
+        self.q.poll_transmit()
     }
 
     /// The next event.
     #[must_use]
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        self.q.poll_event()
     }
 
     /// The ONU only reacts to the OLT; it has no timers.
@@ -140,10 +168,13 @@ impl OnuSession {
 
     /// A new connection to the OLT.
     pub fn reset_link(&mut self) {
+        // Frames not yet sent belonged to the old connection.
+        self.q.drop_frames();
         self.link.reset();
         self.last_reply = None;
         self.tagged_reply_unsettled = false;
         self.slot_map_resync = true;
+        self.synced = false;
         if !self.is_stopped() {
             self.state = State::Idle;
         }
@@ -153,24 +184,27 @@ impl OnuSession {
         let bytes = self.link.send(msg)?;
         self.tagged_reply_unsettled = self.link.policy().tags(msg);
         self.last_reply = Some(bytes.clone());
-        self.outbox.push_back(bytes);
+        self.q.frame(bytes);
         Ok(())
     }
 
     /// Abandons the block in progress, telling the OLT why.
     fn abort(&mut self, reason: AbortReason) {
         let _ = self.reply(&Message::AbortUp(Abort { block: self.block, reason: reason.clone() }));
-        self.events.push_back(Event::Aborted { block: self.block, reason, by_peer: false });
+        self.q.event(Event::Aborted { block: self.block, reason, by_peer: false });
         self.state = State::Idle;
     }
 
     fn stop(&mut self, reason: AbortReason) {
         if reason == AbortReason::AuthReserveLow {
-            self.events.push_back(Event::Alarm(Alarm::AuthReserveLow));
+            self.q.event(Event::Alarm(Alarm::AuthReserveLow));
         }
         let _ = self.reply(&Message::AbortUp(Abort { block: self.block, reason: reason.clone() }));
+        if let Some(p) = self.pending.take() {
+            self.q.event(Event::Discarded { id: p.id });
+        }
         self.state = State::Stopped;
-        self.events.push_back(Event::Stopped(reason));
+        self.q.event(Event::Stopped(reason));
     }
 
     /// A frame from the OLT. On `Err` the frame was refused and nothing changed (a refused
@@ -185,12 +219,12 @@ impl OnuSession {
                 // The OLT retransmitted: our reply was lost. Send it again, byte-identical.
                 let waiting = matches!(&self.state, State::Sifting(a) if a.awaiting.is_some());
                 if let (false, Some(r)) = (waiting, self.last_reply.clone()) {
-                    self.outbox.push_back(r);
+                    self.q.frame(r);
                 }
                 return Ok(());
             }
             Err(LinkError::BadTag) => {
-                self.events.push_back(Event::Alarm(Alarm::TagRefused));
+                self.q.event(Event::Alarm(Alarm::TagRefused));
                 if !matches!(self.state, State::Idle) {
                     self.abort(AbortReason::BadTag);
                 }
@@ -200,6 +234,9 @@ impl OnuSession {
         };
         if msg.is_control() {
             return self.on_control(msg, authenticated);
+        }
+        if !self.synced {
+            return Err(SessionError::Unexpected { got: msg.name(), expected: "the pool sync first" });
         }
         // A new block message: the OLT has our last reply and will not ask for it again.
         self.tagged_reply_unsettled = false;
@@ -219,7 +256,7 @@ impl OnuSession {
             Message::AbortDown(a) => {
                 if block == self.block && !matches!(self.state, State::Idle) {
                     self.state = State::Idle;
-                    self.events.push_back(Event::Aborted { block, reason: a.reason, by_peer: true });
+                    self.q.event(Event::Aborted { block, reason: a.reason, by_peer: true });
                 }
                 Ok(())
             }
@@ -231,8 +268,15 @@ impl OnuSession {
     }
 
     fn on_control(&mut self, msg: Message, authenticated: bool) -> Result<(), SessionError> {
-        let Message::SlotMap(u) = msg else {
-            return Err(SessionError::Unexpected { got: msg.name(), expected: "a slot map" });
+        let u = match msg {
+            Message::SlotMap(u) => u,
+            Message::PoolSync(p) if authenticated => return self.on_pool_sync(p),
+            other => {
+                return Err(SessionError::Unexpected {
+                    got: other.name(),
+                    expected: "an authenticated slot map or pool sync",
+                });
+            }
         };
         if !authenticated {
             // The link refuses untagged slot maps; this is a second line.
@@ -257,8 +301,48 @@ impl OnuSession {
         }
         self.slot_map_seen = Some(u.version);
         self.slot_map_resync = false;
-        self.events.push_back(Event::SlotMap(u));
+        self.q.event(Event::SlotMap(u));
         Ok(())
+    }
+
+    /// The pool sync that opens a connection (see [`super`], "Pool agreement"). Idempotent:
+    /// a retransmitted sync gets the same answer.
+    fn on_pool_sync(&mut self, p: super::message::PoolSync) -> Result<(), SessionError> {
+        let kept = match (p.offer, self.pending.as_ref()) {
+            (Some(o), Some(h)) if h.id == o => {
+                let Some(h) = self.pending.take() else { unreachable!("matched above") };
+                self.commit(h);
+                Some(o)
+            }
+            (Some(o), _) if self.unconfirmed.is_some_and(|(u, _)| u == o) => Some(o),
+            _ => None,
+        };
+        if let Some(h) = self.pending.take() {
+            self.q.event(Event::Discarded { id: h.id });
+        }
+        self.settle_unconfirmed(kept.or(p.last_committed));
+        self.q.event(Event::PoolSync { last_committed: kept.or(p.last_committed) });
+        self.synced = true;
+        self.state = State::Idle;
+        // Block numbers are the OLT's; a restarted OLT counts from 1 again.
+        self.block = 0;
+        let ack = Message::PoolSyncAck(super::message::PoolSyncAck { kept });
+        match self.link.send_control(&ack, true) {
+            Ok(bytes) => self.q.frame(bytes),
+            Err(e) => self.stop(link_stop_reason(&e)),
+        }
+        Ok(())
+    }
+
+    /// The OLT says `last` is the last block it committed: a block we committed after it is
+    /// discarded and its authentication share taken back.
+    fn settle_unconfirmed(&mut self, last: Option<Uuid>) {
+        if let Some((u, share_len)) = self.unconfirmed.take()
+            && last != Some(u)
+        {
+            self.link.remove_last_share(share_len);
+            self.q.event(Event::Discarded { id: u });
+        }
     }
 
     /// The driver installed slot map `version` (from [`Event::SlotMap`]): acknowledge it to
@@ -296,7 +380,7 @@ impl OnuSession {
             Err(e) => Err(e),
         };
         if let Ok(b) = bytes {
-            self.outbox.push_back(b);
+            self.q.frame(b);
         }
     }
 
@@ -313,7 +397,7 @@ impl OnuSession {
             }
             if a.block > self.block && !matches!(self.state, State::Idle) {
                 // The OLT moved on without us hearing its abort.
-                self.events.push_back(Event::Aborted {
+                self.q.event(Event::Aborted {
                     block: self.block,
                     reason: AbortReason::Timeout,
                     by_peer: true,
@@ -365,7 +449,7 @@ impl OnuSession {
         let request = self.next_request;
         self.next_request += 1;
         acc.awaiting = Some((request, ann));
-        self.events.push_back(Event::NeedPulses { request, pulses });
+        self.q.event(Event::NeedPulses { request, pulses });
         Ok(())
     }
 
@@ -403,22 +487,22 @@ impl OnuSession {
         Ok(())
     }
 
-    /// Settles the pending block once the OLT says which block it committed last.
+    /// Settles the blocks in doubt once the OLT says (authenticated) which block it
+    /// committed last: a pending block is discarded (the OLT commits only after our
+    /// `Committed`, so it cannot be the one), a committed one kept only if named.
     fn settle_pending(&mut self, committed: Option<Uuid>) {
         if let Some(p) = self.pending.take() {
-            if committed == Some(p.id) {
-                self.commit(p);
-            } else {
-                self.events.push_back(Event::Discarded { id: p.id });
-            }
+            self.q.event(Event::Discarded { id: p.id });
         }
+        self.settle_unconfirmed(committed);
     }
 
     fn commit(&mut self, p: Pending) {
         let share_bits = p.stats.auth_share_bits as usize;
         self.link.append_share(&p.key.slice(0, share_bits).to_bytes());
         let out = p.key.slice(share_bits, p.key.len());
-        self.events.push_back(Event::Block(KeyBlock { id: p.id, key: out }, p.stats));
+        self.unconfirmed = Some((p.id, share_bits / 8));
+        self.q.event(Event::Block(KeyBlock { id: p.id, key: out }, p.stats));
     }
 
     fn on_estimate(&mut self, e: Estimate) -> Result<(), SessionError> {
@@ -445,7 +529,7 @@ impl OnuSession {
             return Ok(());
         }
         if let Some(reason) = e.abort {
-            self.events.push_back(Event::Aborted { block: self.block, reason, by_peer: true });
+            self.q.event(Event::Aborted { block: self.block, reason, by_peer: true });
             self.state = State::Idle;
             return Ok(());
         }
@@ -547,6 +631,9 @@ impl OnuSession {
             auth_bits_spent: 0,
             phi: bound.phi,
         };
+        // Into the pool, provisionally, before the Confirm lets the OLT rely on it (the frame
+        // leaves only after the driver took this event).
+        self.q.event(Event::Provisional(super::olt::provisional(f.block_id, &out, share_bits as usize)));
         if let Err(e) = self.reply(&Message::Confirm(Confirm { block: self.block, block_id: f.block_id })) {
             self.stop(link_stop_reason(&e));
             return Ok(());
@@ -557,9 +644,24 @@ impl OnuSession {
         Ok(())
     }
 
+    /// The OLT holds the block: commit it (the driver makes it durable before our
+    /// `Committed` leaves) and tell the OLT, which commits on that.
     fn on_ack(&mut self, a: Ack) {
-        if self.pending.as_ref().is_some_and(|p| p.id == a.block_id) {
-            self.settle_pending(Some(a.block_id));
+        let ours = match self.pending.take() {
+            Some(p) if p.id == a.block_id => {
+                self.commit(p);
+                true
+            }
+            other => {
+                self.pending = other;
+                self.unconfirmed.is_some_and(|(u, _)| u == a.block_id)
+            }
+        };
+        if ours {
+            let msg = Message::Committed(super::message::Committed { block: a.block, block_id: a.block_id });
+            if let Err(e) = self.reply(&msg) {
+                self.stop(link_stop_reason(&e));
+            }
         }
     }
 }

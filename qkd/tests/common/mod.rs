@@ -95,6 +95,91 @@ pub struct Pair {
     pub onu_ledger: MemoryLedger,
     pub psk: SecretBytes,
     pub cfg: SessionConfig,
+    /// Each end's pool as a driver following the pool agreement would keep it (durably:
+    /// it survives the `durable_restart_*` calls).
+    pub olt_pool: Pool,
+    pub onu_pool: Pool,
+}
+
+/// Where a block stands in a [`Pool`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    Provisional,
+    Committed,
+    Discarded,
+}
+
+/// A durable pool model: every block ever staged, in order, with its stage.
+#[derive(Default, Debug)]
+pub struct Pool {
+    pub blocks: Vec<(uuid::Uuid, Stage, qpon_qkd::BitBlock, Vec<u8>)>,
+    /// A pool sync named a block this pool does not hold committed.
+    pub diverged: bool,
+}
+
+impl Pool {
+    /// Applies one event the way a driver must (before taking the next).
+    pub fn apply(&mut self, e: &Event) {
+        let set = |blocks: &mut Vec<(uuid::Uuid, Stage, qpon_qkd::BitBlock, Vec<u8>)>, id, st| {
+            if let Some(b) = blocks.iter_mut().find(|b| b.0 == id) {
+                b.1 = st;
+            }
+        };
+        match e {
+            Event::Provisional(b) => {
+                assert!(self.blocks.iter().all(|x| x.0 != b.id), "block staged twice");
+                self.blocks.push((b.id, Stage::Provisional, b.key.clone(), b.share.expose().to_vec()));
+            }
+            Event::Block(b, _) => {
+                let x = self.blocks.iter_mut().find(|x| x.0 == b.id).expect("commit of a block never staged");
+                assert_ne!(x.1, Stage::Discarded, "commit of a discarded block");
+                assert_eq!(x.2, b.key, "committed key differs from the staged one");
+                x.1 = Stage::Committed;
+            }
+            Event::Discarded { id } => set(&mut self.blocks, *id, Stage::Discarded),
+            Event::PoolSync { last_committed } => {
+                let keep = match last_committed {
+                    None => 0,
+                    Some(id) => {
+                        match self.blocks.iter().position(|b| b.0 == *id && b.1 == Stage::Committed) {
+                            Some(k) => k + 1,
+                            None => {
+                                self.diverged = true;
+                                return;
+                            }
+                        }
+                    }
+                };
+                for b in &mut self.blocks[keep..] {
+                    b.1 = Stage::Discarded;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The committed blocks (ID and key), in order.
+    pub fn committed(&self) -> Vec<(uuid::Uuid, qpon_qkd::BitBlock)> {
+        self.blocks.iter().filter(|b| b.1 == Stage::Committed).map(|b| (b.0, b.2.clone())).collect()
+    }
+
+    pub fn stage_of(&self, id: uuid::Uuid) -> Option<Stage> {
+        self.blocks.iter().find(|b| b.0 == id).map(|b| b.1)
+    }
+
+    /// The authentication material a restarted end rebuilds: the pre-shared secret, then the
+    /// committed blocks' shares in order.
+    pub fn material(&self, psk: &SecretBytes) -> AuthMaterial {
+        let mut m = AuthMaterial::from_psk(psk);
+        for b in self.blocks.iter().filter(|b| b.1 == Stage::Committed) {
+            m.append_share(&b.3);
+        }
+        m
+    }
+
+    fn last_committed(&self) -> Option<(uuid::Uuid, usize)> {
+        self.blocks.iter().rev().find(|b| b.1 == Stage::Committed).map(|b| (b.0, b.3.len()))
+    }
 }
 
 pub fn psk(bytes: usize) -> SecretBytes {
@@ -135,7 +220,52 @@ impl Pair {
             onu_ledger,
             psk,
             cfg,
+            olt_pool: Pool::default(),
+            onu_pool: Pool::default(),
         }
+    }
+
+    /// Kills the OLT and starts it again as its driver would after `kill -9`: provisional
+    /// blocks discarded, material rebuilt from the pool, the session told its last committed
+    /// block. Frames in flight are lost and the ONU sees a new connection.
+    pub fn durable_restart_olt(&mut self, seed: u64) {
+        for b in &mut self.olt_pool.blocks {
+            if b.1 == Stage::Provisional {
+                b.1 = Stage::Discarded;
+            }
+        }
+        self.olt = OltSession::new(
+            self.cfg.clone(),
+            self.olt_pool.material(&self.psk),
+            Box::new(self.olt_ledger.clone()),
+            seeded(seed),
+        );
+        self.olt.restore_last_committed(self.olt_pool.last_committed().map(|(id, _)| id));
+        self.onu.reset_link();
+        self.to_olt.clear();
+        self.to_onu.clear();
+    }
+
+    /// Kills the ONU and starts it again likewise (its provisional blocks stay until the
+    /// pool sync says what to do with them).
+    pub fn durable_restart_onu(&mut self) {
+        self.onu = OnuSession::new(
+            self.cfg.clone(),
+            self.onu_pool.material(&self.psk),
+            Box::new(self.onu_ledger.clone()),
+        );
+        self.onu.restore_last_committed(self.onu_pool.last_committed());
+        self.olt.reset_link(self.now);
+        self.to_olt.clear();
+        self.to_onu.clear();
+    }
+
+    /// A new connection without a restart (the TCP connection broke).
+    pub fn reconnect(&mut self) {
+        self.to_olt.clear();
+        self.to_onu.clear();
+        self.onu.reset_link();
+        self.olt.reset_link(self.now);
     }
 
     /// Restarts the OLT session (same ledger, material rebuilt from the pre-shared secret,
@@ -164,29 +294,40 @@ impl Pair {
         self.to_onu.clear();
     }
 
+    /// Sends what both sessions release and applies their events, until neither has
+    /// anything more (taking an event may release a frame that waited for it).
     fn pump_outputs(&mut self) {
-        while let Some(f) = self.olt.poll_transmit() {
-            self.send(Direction::Downstream, f);
-        }
-        while let Some(f) = self.onu.poll_transmit() {
-            self.send(Direction::Upstream, f);
-        }
-        while let Some(e) = self.olt.poll_event() {
-            self.olt_events.push(e);
-        }
-        while let Some(e) = self.onu.poll_event() {
-            if let Event::NeedPulses { request, pulses } = &e {
-                let recs: Vec<Option<PulseRecord>> =
-                    pulses.iter().map(|p| p.and_then(|p| self.pulses.get(&p).copied())).collect();
-                self.onu.handle_pulses(self.now, *request, &recs).expect("pulses for an open request");
+        loop {
+            let mut progress = false;
+            while let Some(f) = self.olt.poll_transmit() {
+                progress = true;
+                self.send(Direction::Downstream, f);
             }
-            // A driver installs every slot map at once (the ONU acknowledges it then).
-            if let Event::SlotMap(u) = &e {
-                self.onu.ack_slot_map(u.version).expect("ack of the newest slot map");
-            }
-            self.onu_events.push(e);
             while let Some(f) = self.onu.poll_transmit() {
+                progress = true;
                 self.send(Direction::Upstream, f);
+            }
+            while let Some(e) = self.olt.poll_event() {
+                progress = true;
+                self.olt_pool.apply(&e);
+                self.olt_events.push(e);
+            }
+            while let Some(e) = self.onu.poll_event() {
+                progress = true;
+                if let Event::NeedPulses { request, pulses } = &e {
+                    let recs: Vec<Option<PulseRecord>> =
+                        pulses.iter().map(|p| p.and_then(|p| self.pulses.get(&p).copied())).collect();
+                    self.onu.handle_pulses(self.now, *request, &recs).expect("pulses for an open request");
+                }
+                // A driver installs every slot map at once (the ONU acknowledges it then).
+                if let Event::SlotMap(u) = &e {
+                    self.onu.ack_slot_map(u.version).expect("ack of the newest slot map");
+                }
+                self.onu_pool.apply(&e);
+                self.onu_events.push(e);
+            }
+            if !progress {
+                return;
             }
         }
     }

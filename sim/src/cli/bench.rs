@@ -48,6 +48,10 @@ pub enum Stage {
     Distillation,
     /// The event sampler: detection events per second for a 128-ONU SNSPD PON at 1 GHz.
     Sampler,
+    /// The persistent key store: durable consumptions per second, single vs batched.
+    Store,
+    /// The downstream cipher (AES-128-CTR framing): seal and open of 1500-byte frames, Gbit/s.
+    Downstream,
 }
 
 impl Stage {
@@ -61,6 +65,8 @@ impl Stage {
         Stage::Reconciliation,
         Stage::Distillation,
         Stage::Sampler,
+        Stage::Store,
+        Stage::Downstream,
     ];
 
     /// The JSON key of the stage.
@@ -74,6 +80,8 @@ impl Stage {
             Stage::Reconciliation => "reconciliation",
             Stage::Distillation => "distillation",
             Stage::Sampler => "sampler",
+            Stage::Store => "store",
+            Stage::Downstream => "downstream",
         }
     }
 }
@@ -297,6 +305,140 @@ fn sampler(reps: usize) -> Vec<Value> {
     })]
 }
 
+/// A fresh directory under the system temp dir, removed on drop.
+struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    fn new(tag: &str) -> std::io::Result<Self> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let dir = std::env::temp_dir().join(format!("qpon-bench-{tag}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        Ok(Self(dir))
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Durable consumptions of 32 bytes per second into a store in the temp dir: one
+/// transaction (one fsync) per consumption, then batches of 64 in one transaction each.
+fn store(reps: usize) -> Vec<Value> {
+    use qpon_kms::{KeyStore, Purpose};
+    const EACH: usize = 32;
+    const BLOCK_BITS: usize = 100_000;
+    // (consumptions per transaction, transactions per run)
+    let modes = [(1usize, 200usize), (64, 20)];
+    let runs = reps.max(1) + 1;
+    let dir = match ScratchDir::new("store") {
+        Ok(d) => d,
+        Err(e) => return vec![json!({"error": e.to_string()})],
+    };
+    let store = match KeyStore::open(dir.0.join("bench.redb")) {
+        Ok(s) => s,
+        Err(e) => return vec![json!({"error": e.to_string()})],
+    };
+    let pool = store.pool(1);
+    // Enough key for every run of every mode, with a block's worth of margin per run for tails.
+    let need: usize = modes.iter().map(|&(batch, txns)| runs * (batch * txns * EACH + BLOCK_BITS / 8)).sum();
+    let mut rng = qpon_qkd::rng::seeded(5);
+    for i in 0..need.div_ceil(BLOCK_BITS / 8) {
+        let block = qpon_qkd::BitBlock::random(BLOCK_BITS, &mut rng);
+        if let Err(e) = pool.append_block(uuid::Uuid::from_u128(i as u128 + 1), &block) {
+            return vec![json!({"error": e.to_string()})];
+        }
+    }
+    let mut out = Vec::new();
+    for (batch, txns) in modes {
+        let mut failed = None;
+        let secs = median_secs(reps, || {
+            for _ in 0..txns {
+                let r = if batch == 1 {
+                    pool.consume(Purpose::Downstream, EACH).map(|c| vec![c])
+                } else {
+                    pool.consume_many(Purpose::Downstream, EACH, batch)
+                };
+                match r {
+                    Ok(c) => {
+                        std::hint::black_box(c);
+                    }
+                    Err(e) => failed = Some(e.to_string()),
+                }
+            }
+        });
+        let n = (batch * txns) as f64;
+        out.push(json!({
+            "mode": if batch == 1 { "consume" } else { "consume_many" },
+            "bytes_each": EACH,
+            "consumptions_per_commit": batch,
+            "consumptions_per_s": n / secs,
+            "commits_per_s": txns as f64 / secs,
+            "error": failed,
+        }));
+    }
+    out
+}
+
+/// The downstream cipher on one core: seal, then open, of 1500-byte payloads.
+fn downstream(reps: usize) -> Vec<Value> {
+    use qpon_mux::OnuId;
+    use qpon_mux::downstream::{DownstreamKey, DownstreamKeys, HEADER_LEN, KeysConfig};
+    const LEN: usize = 1500;
+    const FRAMES: u64 = 100_000;
+    const PER_SUPERFRAME: u64 = 1000;
+    let onu = OnuId(1);
+    let mut olt = DownstreamKeys::new(onu, KeysConfig { overlap_superframes: 0, require_encryption: true });
+    let mut rx = DownstreamKeys::new(onu, KeysConfig::default());
+    let key = [0x3c; 16];
+    if olt.install(DownstreamKey::from_bytes(key), 0).is_err()
+        || rx.install(DownstreamKey::from_bytes(key), 0).is_err()
+    {
+        return vec![json!({"error": "key install failed"})];
+    }
+    let payload = vec![0x5au8; LEN];
+    let mut buf = vec![0u8; HEADER_LEN + LEN];
+    // Frame positions only move forward, across runs too.
+    let mut superframe = 0u64;
+    let mut errors = 0u64;
+    let seal = median_secs(reps, || {
+        for i in 0..FRAMES {
+            if olt.seal_into(superframe + i / PER_SUPERFRAME, &payload, &mut buf).is_err() {
+                errors += 1;
+            }
+        }
+        superframe += FRAMES / PER_SUPERFRAME + 1;
+        std::hint::black_box(&buf);
+    });
+    let open = median_secs(reps, || {
+        for _ in 0..FRAMES {
+            // CTR is an involution: opening the same frame again costs the same.
+            if rx.open_in_place(&mut buf).is_err() {
+                errors += 1;
+            }
+        }
+        std::hint::black_box(&buf);
+    });
+    let bits = (FRAMES * LEN as u64 * 8) as f64;
+    ["seal", "open"]
+        .into_iter()
+        .zip([seal, open])
+        .map(|(op, secs)| {
+            json!({
+                "op": op,
+                "payload_bytes": LEN,
+                "frames_per_s": FRAMES as f64 / secs,
+                "gbit_per_s": bits / secs / 1e9,
+                "errors": errors,
+            })
+        })
+        .collect()
+}
+
 /// Runs one stage and returns its records.
 pub fn run_stage(stage: Stage, args: &Args) -> Vec<Value> {
     let reps = args.reps;
@@ -309,6 +451,8 @@ pub fn run_stage(stage: Stage, args: &Args) -> Vec<Value> {
         Stage::Reconciliation => reconciliation(args.frames),
         Stage::Distillation => distillation(reps),
         Stage::Sampler => sampler(reps),
+        Stage::Store => store(reps),
+        Stage::Downstream => downstream(reps),
     }
 }
 
