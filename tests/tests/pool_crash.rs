@@ -89,7 +89,6 @@ fn cfg() -> SessionConfig {
     SessionConfig {
         onu: ONU,
         block_bits: 40_000,
-        auth_share_bytes: 128,
         rto: qpon_qkd::time::Duration::from_millis(100),
         ..SessionConfig::default()
     }

@@ -11,8 +11,18 @@
 //! index) and the two ends can never pick the same pad for different messages, whatever
 //! is lost in between. The streams start from the pre-shared secret and are extended by
 //! the reserved authentication share of every committed key block, split between the
-//! three streams in the fixed proportions [`SPLIT`] (one hash key, three downstream tags and
-//! one upstream tag per block at the default one-tag-per-phase policy).
+//! three streams in the fixed proportions [`SPLIT`].
+//!
+//! **Budget** (Poly1305: 32-byte hash keys, 16-byte pads; the default 224-byte share split
+//! 2:3:2 gives 64 B of hash keys, 96 B of downstream and 64 B of upstream pads per block).
+//! A block with per-phase tags spends one hash key, three downstream pads (`Estimate`,
+//! `Finish`, `Ack`) and two upstream pads (`Confirm`, `Committed`), so each block leaves a
+//! surplus of one hash key, three downstream and two upstream pads for what happens between
+//! blocks: the pool sync of a new connection (a restarted OLT loads a fresh hash key; one
+//! pad each way), slot maps and their acknowledgements, key-switch announcements, and the
+//! retransmissions of all of these. Without that surplus every reconnection would eat into
+//! the pre-shared secret until the session stops (fail closed) — a 1 KiB secret holds only
+//! six hash keys.
 //!
 //! Every use of a unit goes through an [`AuthLedger`] *before* the unit is used (before a
 //! tagged message leaves, before a received tag is checked); units passed over are recorded
@@ -51,7 +61,7 @@ impl Stream {
 
 /// Proportions (in fifths) in which a pre-shared secret or a block's authentication share
 /// is split between hash keys, downstream pads and upstream pads.
-pub const SPLIT: [usize; 3] = [1, 2, 2];
+pub const SPLIT: [usize; 3] = [2, 3, 2];
 
 /// Why authentication material could not be used.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -346,12 +356,13 @@ mod tests {
         let bytes: Vec<u8> = (0..=255).collect();
         let parts = split(&bytes);
         assert_eq!(parts.iter().map(|p| p.len()).sum::<usize>(), 256);
-        assert_eq!(parts[0].len(), 51);
+        assert_eq!(parts[0].len(), 256 * SPLIT[0] / SPLIT.iter().sum::<usize>());
     }
 
     #[test]
     fn take_is_positional_and_never_repeats() {
-        let psk = SecretBytes::new((0..160u8).collect());
+        // 224 bytes split 2:3:2 = 64 B of hash keys, 96 B (six pads) each way down, 64 B up.
+        let psk = SecretBytes::new((0..224u8).collect());
         let mut a = AuthMaterial::from_psk(&psk);
         let mut b = AuthMaterial::from_psk(&psk);
         let down = Stream::Pads(Direction::Downstream);
@@ -362,29 +373,30 @@ mod tests {
         assert_eq!(x, y);
         assert!(matches!(a.take(down, 3, 16), Err(AuthError::AlreadyUsed { .. })));
         assert!(matches!(a.take(down, 2, 16), Err(AuthError::AlreadyUsed { .. })));
-        assert!(matches!(a.take(down, 4, 16), Err(AuthError::Exhausted(_))));
-        a.append_share(&[7u8; 80]);
-        assert_eq!(a.take(down, 4, 16).unwrap().expose(), &[7u8; 16]);
+        assert!(matches!(a.take(down, 6, 16), Err(AuthError::Exhausted(_))));
+        a.append_share(&[7u8; 112]);
+        assert_eq!(a.take(down, 6, 16).unwrap().expose(), &[7u8; 16]);
         assert!(!format!("{a:?}").contains("[7"));
     }
 
+
     #[test]
     fn removed_share_keeps_positions_and_never_repeats_used_units() {
-        let psk = SecretBytes::new(vec![1u8; 160]);
+        let psk = SecretBytes::new(vec![1u8; 224]);
         let up = Stream::Pads(Direction::Upstream);
-        let [_, _, up_len] = split_lens(160);
+        let [_, _, up_len] = split_lens(224);
         // Two holders of the same material; one also committed a block the other never did.
         let mut olt = AuthMaterial::from_psk(&psk);
         let mut onu = AuthMaterial::from_psk(&psk);
-        onu.append_share(&[2u8; 160]);
+        onu.append_share(&[2u8; 224]);
         // The ONU used the first unit of the discarded share's upstream part.
         let units_psk = (up_len / 16) as u64;
         onu.take(up, units_psk, 16).unwrap();
-        onu.remove_last_share(160);
+        onu.remove_last_share(224);
         assert_eq!(onu.available(up, 0), 0);
         // Both then commit the same next block: its bytes sit at the same positions.
-        olt.append_share(&[3u8; 160]);
-        onu.append_share(&[3u8; 160]);
+        olt.append_share(&[3u8; 224]);
+        onu.append_share(&[3u8; 224]);
         // The unit the ONU used is gone at the ONU (it skips it); the next agrees.
         assert!(matches!(onu.take(up, units_psk, 16), Err(AuthError::AlreadyUsed { .. })));
         assert_eq!(olt.take(up, units_psk + 1, 16).unwrap(), onu.take(up, units_psk + 1, 16).unwrap());
@@ -392,8 +404,8 @@ mod tests {
         // Removing a share nobody touched restores the previous end exactly.
         let mut m = AuthMaterial::from_psk(&psk);
         let before = m.available(up, 0);
-        m.append_share(&[9u8; 160]);
-        m.remove_last_share(160);
+        m.append_share(&[9u8; 224]);
+        m.remove_last_share(224);
         assert_eq!(m.available(up, 0), before);
     }
 

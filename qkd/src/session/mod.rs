@@ -148,7 +148,7 @@ impl Default for SessionConfig {
             eps_cor: 1e-15,
             mac: MacFamily::Poly1305,
             auth_policy: AuthPolicy::PerPhase,
-            auth_share_bytes: 160,
+            auth_share_bytes: 224,
             max_body: 8 << 20,
             sift_batch: 16_384,
             sift_interval: Duration::from_millis(10),
