@@ -27,6 +27,11 @@
 //! its consumption sequence as the OLT side did (true when nothing else consumes from that
 //! ONU's pool in between; the pool-sync protocol is where an eager "consume n Api keys now"
 //! announcement belongs, which would fill the same table).
+//! In particular, with downstream encryption on (Downstream uses decided by the OLT and
+//! mirrored at the ONU by block and offset), an `enc_keys` between two downstream uses
+//! leaves the ONU's cursor behind the OLT's until the matching `dec_keys`, and a mirrored
+//! use arriving in between fails closed: until Api consumptions travel over the pool-use
+//! announcements too, serve this API only on ONUs without downstream keys.
 //!
 //! Delivered once per side: the OLT side hands each consumed key to the master in the
 //! `enc_keys` response and keeps nothing. The ONU side removes a key from the table when it
@@ -680,32 +685,27 @@ pub struct DevCerts {
     pub saes: Vec<(String, PathBuf, PathBuf)>,
 }
 
-fn write_file(path: &Path, text: &str, secret: bool) -> Result<(), EtsiConfigError> {
+/// Writes a new file, mode 0600 on Unix; an existing file is never overwritten.
+fn write_file(path: &Path, text: &str) -> Result<(), EtsiConfigError> {
     let io = |source| EtsiConfigError::Io { path: path.into(), source };
     let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
+    opts.write(true).create_new(true);
     #[cfg(unix)]
     {
-        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-        opts.mode(if secret { 0o600 } else { 0o644 });
-        let mut f = opts.open(path).map_err(io)?;
-        if secret {
-            f.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(io)?;
-        }
-        io::Write::write_all(&mut f, text.as_bytes()).map_err(io)?;
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
     }
-    #[cfg(not(unix))]
-    {
-        let _ = secret;
-        io::Write::write_all(&mut opts.open(path).map_err(io)?, text.as_bytes()).map_err(io)?;
-    }
-    Ok(())
+    let mut f = opts.open(path).map_err(io)?;
+    io::Write::write_all(&mut f, text.as_bytes()).map_err(io)?;
+    f.sync_all().map_err(io)
 }
 
 /// Writes a development CA (`ca.pem`), a server certificate for localhost (`server.pem`,
 /// `server.key`) and one client certificate per SAE (`<SAE ID>.pem`, `<SAE ID>.key`, CN =
-/// SAE ID) into `dir` (created if needed). Keys are mode 0600. For trying things out only:
-/// the CA key is not kept, so the set cannot be extended later — run it again instead.
+/// SAE ID) into `dir` (created if needed). Every file is new and mode 0600 (on Unix); if
+/// any of them exists, nothing is written. For trying things out only:
+/// the CA key is not kept, so the set cannot be extended later — make a new set in another
+/// directory instead.
 pub fn dev_certs(dir: &Path, sae_ids: &[&str]) -> Result<DevCerts, EtsiConfigError> {
     use rcgen::{
         BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
@@ -717,14 +717,31 @@ pub fn dev_certs(dir: &Path, sae_ids: &[&str]) -> Result<DevCerts, EtsiConfigErr
             return Err(EtsiConfigError::BadSaeId((*id).into()));
         }
     }
+    let mut unique = HashSet::new();
+    for id in sae_ids {
+        if !unique.insert(*id) {
+            return Err(EtsiConfigError::DuplicateSae((*id).into()));
+        }
+    }
     std::fs::create_dir_all(dir).map_err(|source| EtsiConfigError::Io { path: dir.into(), source })?;
+    // Nothing is written if any file of the set exists already: never overwritten, and no
+    // half-replaced set (a new CA with old leaves).
+    let names = ["ca.pem", "server.pem", "server.key"].into_iter().map(String::from);
+    let leaves = sae_ids.iter().flat_map(|id| [format!("{id}.pem"), format!("{id}.key")]);
+    for name in names.chain(leaves) {
+        let path = dir.join(name);
+        if path.exists() {
+            let source = io::Error::new(io::ErrorKind::AlreadyExists, "exists; never overwritten");
+            return Err(EtsiConfigError::Io { path, source });
+        }
+    }
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca_params.distinguished_name.push(DnType::CommonName, "qpon development CA");
     ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate()?)?;
     let ca_path = dir.join("ca.pem");
-    write_file(&ca_path, &ca.pem(), false)?;
+    write_file(&ca_path, &ca.pem())?;
 
     let leaf = |sans: Vec<String>, cn: &str, eku: ExtendedKeyUsagePurpose, name: &str| {
         let mut p = CertificateParams::new(sans)?;
@@ -734,8 +751,8 @@ pub fn dev_certs(dir: &Path, sae_ids: &[&str]) -> Result<DevCerts, EtsiConfigErr
         let key = KeyPair::generate()?;
         let cert = p.signed_by(&key, &ca)?;
         let (c, k) = (dir.join(format!("{name}.pem")), dir.join(format!("{name}.key")));
-        write_file(&c, &cert.pem(), false)?;
-        write_file(&k, &key.serialize_pem(), true)?;
+        write_file(&c, &cert.pem())?;
+        write_file(&k, &key.serialize_pem())?;
         Ok::<_, EtsiConfigError>((c, k))
     };
     let sans = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
@@ -799,9 +816,19 @@ pub async fn serve_tls(
     key: &Path,
 ) -> Result<(), EtsiConfigError> {
     let config = server_config(ca, cert, key)?;
+    serve_tls_with(listener, router, Arc::new(config)).await
+}
+
+/// [`serve_tls`] with a server config already built by [`server_config`] (so a service can
+/// check its TLS files when it starts rather than in the serving task).
+pub async fn serve_tls_with(
+    listener: std::net::TcpListener,
+    router: Router,
+    config: Arc<rustls::ServerConfig>,
+) -> Result<(), EtsiConfigError> {
     let io = |source| EtsiConfigError::Io { path: PathBuf::from("<listener>"), source };
     listener.set_nonblocking(true).map_err(io)?;
-    let tls = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(config));
+    let tls = axum_server::tls_rustls::RustlsConfig::from_config(config);
     axum_server::from_tcp_rustls(listener, tls)
         .map_err(io)?
         .serve(router.into_make_service())

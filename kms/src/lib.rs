@@ -17,7 +17,7 @@ mod resume;
 pub mod store;
 
 // The public interface is:
-pub use pool::{KeyPool, MemoryPool, PoolError};
+pub use pool::{KeyPool, MemoryPool, MemoryUse, PoolError, recent_uses};
 pub use resume::{End, Resumed};
 pub use store::{
     BlockInfo, BlockState, Consumed, KEK_ENV, Kek, KekError, KeyStore, LedgerEntry, LedgerKind, Purpose,

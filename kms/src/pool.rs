@@ -1,8 +1,9 @@
 //! Key pools: where finished key blocks of one ONU go.
 
-use crate::store::{BlockState, StoreError, StorePool};
-use qpon_qkd::BitBlock;
+use crate::store::{BlockState, Purpose, StoreError, StorePool};
+use qpon_qkd::session::PoolUse;
 use qpon_qkd::session::ProvisionalBlock;
+use qpon_qkd::{BitBlock, SecretBytes};
 use uuid::Uuid;
 
 /// Why a pool refused an operation.
@@ -19,6 +20,25 @@ pub enum PoolError {
     /// disagree (e.g. a store was replaced or restored from a backup).
     #[error("pools diverged: block {0} is not committed here")]
     Diverged(Uuid),
+    /// Not enough key (fail closed: nothing was consumed; never fall back to clear).
+    #[error("key pool exhausted: {requested} bytes requested, {available} unused")]
+    Exhausted {
+        /// Bytes asked for.
+        requested: u64,
+        /// Unused bytes in the pool.
+        available: u64,
+    },
+    /// A mirrored consumption ([`KeyPool::take_named`]) named other bytes than this pool's
+    /// cursor would take: the two ends' pools have diverged. Nothing was consumed.
+    #[error("pool cursor diverged: peer consumed {block}@{offset}, here the next bytes are {found}")]
+    CursorDiverged {
+        /// The block the peer named.
+        block: Uuid,
+        /// The offset the peer named.
+        offset: u64,
+        /// Where this pool's cursor is (`block@offset`, or `none`).
+        found: String,
+    },
 }
 
 /// One ONU's key pool at one end, as the drivers see it. It follows the sessions' pool
@@ -43,15 +63,92 @@ pub trait KeyPool: Send {
     fn level_bits(&self) -> u64;
     /// Blocks committed so far.
     fn blocks(&self) -> u64;
+    /// Takes the next `bytes` bytes for `purpose` with the pool's cursor (the first
+    /// committed block, in order, with that many unused bytes; shorter tails before it are
+    /// skipped), durably recorded before returning; returns (block, offset, bytes).
+    /// [`PoolError::Exhausted`] (nothing consumed) when no block can serve.
+    /// (The default refuses: a pool without a cursor serves no consumer.)
+    fn take(&mut self, purpose: Purpose, bytes: usize) -> Result<(Uuid, u64, SecretBytes), PoolError> {
+        let _ = (purpose, bytes);
+        Err(PoolError::Store("this pool does not support consumption".into()))
+    }
+    /// The mirror of the peer's [`take`](Self::take): consumes the next `len` bytes for
+    /// `purpose` with this pool's own cursor, which must take them from exactly `block` at
+    /// `offset`; otherwise fails closed with [`PoolError::CursorDiverged`], changing
+    /// nothing.
+    fn take_named(
+        &mut self,
+        purpose: Purpose,
+        block: Uuid,
+        offset: u64,
+        len: usize,
+    ) -> Result<SecretBytes, PoolError> {
+        let _ = (purpose, len);
+        Err(PoolError::CursorDiverged { block, offset, found: "a pool without a cursor".into() })
+    }
+    /// Consumptions made for `purpose`, in order: (block, offset, length). Their number is
+    /// the count of uses applied (the ONU reports it after a restart); the newest ones let
+    /// a restarted OLT re-send uses the ONU missed.
+    fn consumptions(&self, purpose: Purpose) -> Result<Vec<(Uuid, u64, u64)>, PoolError> {
+        let _ = purpose;
+        Ok(Vec::new())
+    }
+    /// Bytes consumed for `purpose` so far.
+    fn consumed_bytes(&self, purpose: Purpose) -> u64 {
+        self.consumptions(purpose).map(|v| v.iter().map(|c| c.2).sum()).unwrap_or(0)
+    }
+}
+
+/// The pool uses to restore into a restarted OLT session
+/// ([`qpon_qkd::session::OltSession::restore_pool_uses`]): the number of consumptions made
+/// for `purpose` and the newest `keep` of them as uses (without key switches).
+pub fn recent_uses(
+    pool: &dyn KeyPool,
+    purpose: Purpose,
+    keep: usize,
+) -> Result<(u64, Vec<PoolUse>), PoolError> {
+    let all = pool.consumptions(purpose)?;
+    let n = all.len() as u64;
+    let skip = all.len().saturating_sub(keep);
+    let uses = all
+        .into_iter()
+        .enumerate()
+        .skip(skip)
+        .map(|(i, (block, offset, len))| PoolUse {
+            seq: i as u64 + 1,
+            purpose: purpose as u8,
+            block,
+            offset,
+            len: u32::try_from(len).unwrap_or(u32::MAX),
+            switch: None,
+        })
+        .collect();
+    Ok((n, uses))
+}
+
+/// One consumption of a [`MemoryPool`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemoryUse {
+    /// What for (`None`: a tail skipped by the cursor).
+    pub purpose: Option<Purpose>,
+    /// The block.
+    pub block: Uuid,
+    /// First byte within the block.
+    pub offset: u64,
+    /// Bytes.
+    pub len: u64,
 }
 
 /// A pool in memory. Blocks are kept in arrival order; `Debug` shows sizes only.
 #[derive(Default)]
 pub struct MemoryPool {
     blocks: Vec<(Uuid, BitBlock)>,
+    /// Bytes of each committed block used or skipped by the cursor (same order as `blocks`).
+    used: Vec<u64>,
     staged: Vec<(Uuid, BitBlock)>,
     discarded: u64,
     bits: u64,
+    ledger: Vec<MemoryUse>,
 }
 
 impl core::fmt::Debug for MemoryPool {
@@ -75,6 +172,64 @@ impl MemoryPool {
     pub fn discarded(&self) -> u64 {
         self.discarded
     }
+
+    /// Every consumption and skipped tail, in order (tests compare the two ends' ledgers).
+    pub fn ledger(&self) -> &[MemoryUse] {
+        &self.ledger
+    }
+
+    /// Bytes of each committed block used (consumed or skipped), in block order.
+    pub fn used(&self) -> &[u64] {
+        &self.used
+    }
+
+    /// The cursor: the index of the first block with `want` unused whole bytes.
+    fn cursor(&self, want: u64) -> Option<usize> {
+        (0..self.blocks.len()).find(|&i| self.blocks[i].1.len() as u64 / 8 - self.used[i] >= want)
+    }
+
+    fn consume(
+        &mut self,
+        purpose: Purpose,
+        bytes: usize,
+        expect: Option<(Uuid, u64)>,
+    ) -> Result<(Uuid, u64, SecretBytes), PoolError> {
+        let want = bytes as u64;
+        if want == 0 {
+            return Err(PoolError::Store("zero-byte consumption".into()));
+        }
+        let Some(k) = self.cursor(want) else {
+            if let Some((block, offset)) = expect {
+                return Err(PoolError::CursorDiverged { block, offset, found: "none".into() });
+            }
+            return Err(PoolError::Exhausted { requested: want, available: self.level_bits() / 8 });
+        };
+        let (id, offset) = (self.blocks[k].0, self.used[k]);
+        if let Some((block, off)) = expect
+            && (block, off) != (id, offset)
+        {
+            return Err(PoolError::CursorDiverged { block, offset: off, found: format!("{id}@{offset}") });
+        }
+        for i in 0..k {
+            let rem = self.blocks[i].1.len() as u64 / 8 - self.used[i];
+            if rem > 0 {
+                self.ledger.push(MemoryUse {
+                    purpose: None,
+                    block: self.blocks[i].0,
+                    offset: self.used[i],
+                    len: rem,
+                });
+                self.used[i] += rem;
+                self.bits -= 8 * rem;
+            }
+        }
+        let all = self.blocks[k].1.to_bytes();
+        let key = SecretBytes::from_slice(&all[offset as usize..(offset + want) as usize]);
+        self.used[k] += want;
+        self.bits -= 8 * want;
+        self.ledger.push(MemoryUse { purpose: Some(purpose), block: id, offset, len: want });
+        Ok((id, offset, key))
+    }
 }
 
 impl KeyPool for MemoryPool {
@@ -93,6 +248,7 @@ impl KeyPool for MemoryPool {
         self.staged.retain(|(i, _)| *i != id);
         self.bits += key.len() as u64;
         self.blocks.push((id, key.clone()));
+        self.used.push(0);
         Ok(())
     }
 
@@ -101,7 +257,8 @@ impl KeyPool for MemoryPool {
         self.staged.retain(|(i, _)| *i != id);
         if let Some(k) = self.blocks.iter().position(|(i, _)| *i == id) {
             let (_, key) = self.blocks.remove(k);
-            self.bits -= key.len() as u64;
+            let used = self.used.remove(k);
+            self.bits -= key.len() as u64 - 8 * used;
         }
         self.discarded += (before - self.staged.len() - self.blocks.len()) as u64;
         Ok(())
@@ -125,6 +282,29 @@ impl KeyPool for MemoryPool {
 
     fn blocks(&self) -> u64 {
         self.blocks.len() as u64
+    }
+
+    fn take(&mut self, purpose: Purpose, bytes: usize) -> Result<(Uuid, u64, SecretBytes), PoolError> {
+        self.consume(purpose, bytes, None)
+    }
+
+    fn take_named(
+        &mut self,
+        purpose: Purpose,
+        block: Uuid,
+        offset: u64,
+        len: usize,
+    ) -> Result<SecretBytes, PoolError> {
+        self.consume(purpose, len, Some((block, offset))).map(|(_, _, k)| k)
+    }
+
+    fn consumptions(&self, purpose: Purpose) -> Result<Vec<(Uuid, u64, u64)>, PoolError> {
+        Ok(self
+            .ledger
+            .iter()
+            .filter(|u| u.purpose == Some(purpose))
+            .map(|u| (u.block, u.offset, u.len))
+            .collect())
     }
 }
 
@@ -153,6 +333,24 @@ impl KeyPool for std::sync::Arc<std::sync::Mutex<MemoryPool>> {
 
     fn blocks(&self) -> u64 {
         self.lock().map(|p| p.blocks()).unwrap_or(0)
+    }
+
+    fn take(&mut self, purpose: Purpose, bytes: usize) -> Result<(Uuid, u64, SecretBytes), PoolError> {
+        self.lock().map_err(|_| poisoned())?.take(purpose, bytes)
+    }
+
+    fn take_named(
+        &mut self,
+        purpose: Purpose,
+        block: Uuid,
+        offset: u64,
+        len: usize,
+    ) -> Result<SecretBytes, PoolError> {
+        self.lock().map_err(|_| poisoned())?.take_named(purpose, block, offset, len)
+    }
+
+    fn consumptions(&self, purpose: Purpose) -> Result<Vec<(Uuid, u64, u64)>, PoolError> {
+        self.lock().map_err(|_| poisoned())?.consumptions(purpose)
     }
 }
 
@@ -197,6 +395,29 @@ impl KeyPool for StorePool {
     fn blocks(&self) -> u64 {
         self.totals().map(|t| t.blocks).unwrap_or(0)
     }
+
+    fn take(&mut self, purpose: Purpose, bytes: usize) -> Result<(Uuid, u64, SecretBytes), PoolError> {
+        let c = self.consume(purpose, bytes)?;
+        Ok((c.block, c.offset, c.key))
+    }
+
+    fn take_named(
+        &mut self,
+        purpose: Purpose,
+        block: Uuid,
+        offset: u64,
+        len: usize,
+    ) -> Result<SecretBytes, PoolError> {
+        Ok(self.consume_at(purpose, block, offset, len)?)
+    }
+
+    fn consumptions(&self, purpose: Purpose) -> Result<Vec<(Uuid, u64, u64)>, PoolError> {
+        Ok(StorePool::consumptions(self, purpose)?)
+    }
+
+    fn consumed_bytes(&self, purpose: Purpose) -> u64 {
+        self.totals().map(|t| t.consumed_for(purpose)).unwrap_or(0)
+    }
 }
 
 fn poisoned() -> PoolError {
@@ -216,6 +437,37 @@ mod tests {
         assert_eq!(p.append(id, &BitBlock::zeros(5)), Err(PoolError::Duplicate(id)));
         assert_eq!(p.level_bits(), 100);
         assert!(!format!("{p:?}").contains("BitBlock"));
+    }
+
+    #[test]
+    fn take_and_take_named_follow_one_cursor_and_fail_closed() {
+        let mut a = MemoryPool::new();
+        let mut b = MemoryPool::new();
+        let k1 = BitBlock::from_bools(&(0..8 * 20).map(|i| i % 3 == 0).collect::<Vec<_>>());
+        let k2 = BitBlock::from_bools(&(0..8 * 40).map(|i| i % 5 == 0).collect::<Vec<_>>());
+        for p in [&mut a, &mut b] {
+            p.append(Uuid::from_u128(1), &k1).unwrap();
+            p.append(Uuid::from_u128(2), &k2).unwrap();
+        }
+        let (b1, o1, x1) = a.take(Purpose::Downstream, 16).unwrap();
+        let (b2, o2, x2) = a.take(Purpose::Downstream, 16).unwrap();
+        assert_eq!((b1, o1, b2, o2), (Uuid::from_u128(1), 0, Uuid::from_u128(2), 0));
+        assert_eq!(a.level_bits(), 8 * 60 - 8 * 36);
+        // A drifted mirror is refused and nothing changes.
+        let level = b.level_bits();
+        assert!(matches!(
+            b.take_named(Purpose::Downstream, b2, o2, 16),
+            Err(PoolError::CursorDiverged { .. })
+        ));
+        assert_eq!((b.level_bits(), b.ledger().len()), (level, 0));
+        assert_eq!(b.take_named(Purpose::Downstream, b1, o1, 16).unwrap().expose(), x1.expose());
+        assert_eq!(b.take_named(Purpose::Downstream, b2, o2, 16).unwrap().expose(), x2.expose());
+        assert_eq!(a.ledger(), b.ledger());
+        assert_eq!(a.consumed_bytes(Purpose::Downstream), 32);
+        assert_eq!(b.consumptions(Purpose::Downstream).unwrap().len(), 2);
+        assert!(matches!(a.take(Purpose::Downstream, 32), Err(PoolError::Exhausted { .. })));
+        let (n, uses) = recent_uses(&a, Purpose::Downstream, 1).unwrap();
+        assert_eq!((n, uses.len(), uses[0].seq, uses[0].offset), (2, 1, 2, 0));
     }
 
     #[test]

@@ -139,6 +139,19 @@ pub enum StoreError {
         /// Unused bytes in the whole pool (possibly spread over blocks too short to serve).
         available: u64,
     },
+    /// A mirrored consumption ([`StorePool::consume_at`]) named other bytes than this
+    /// pool's cursor would take: the two ends' pools have diverged. Nothing was consumed.
+    #[error(
+        "pool cursor diverged: peer consumed {expected_block}@{expected_offset}, here the next bytes are {found}"
+    )]
+    CursorDiverged {
+        /// The block the peer named.
+        expected_block: Uuid,
+        /// The offset the peer named.
+        expected_offset: u64,
+        /// Where this pool's cursor is (`block@offset`, or `none`).
+        found: String,
+    },
 }
 
 impl StoreError {
@@ -177,6 +190,10 @@ impl From<StoreError> for PoolError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Duplicate(id) => PoolError::Duplicate(id),
+            StoreError::Exhausted { requested, available } => PoolError::Exhausted { requested, available },
+            StoreError::CursorDiverged { expected_block, expected_offset, found } => {
+                PoolError::CursorDiverged { block: expected_block, offset: expected_offset, found }
+            }
             other => PoolError::Store(other.to_string()),
         }
     }
@@ -201,7 +218,8 @@ impl Purpose {
     pub const ALL: [Purpose; 4] =
         [Purpose::ClassicalAuth, Purpose::Downstream, Purpose::SensorAuth, Purpose::Api];
 
-    fn from_code(c: u8) -> Option<Self> {
+    /// The purpose with code `c` (its `as u8` value), if any.
+    pub fn from_code(c: u8) -> Option<Self> {
         Self::ALL.get(usize::from(c)).copied()
     }
 }
@@ -838,6 +856,17 @@ impl Tx<'_> {
 
     /// One consumption (see [`StorePool::consume`]), inside this transaction.
     fn consume(&mut self, purpose: Purpose, bytes: usize) -> Result<Consumed, StoreError> {
+        self.consume_checked(purpose, bytes, None)
+    }
+
+    /// One consumption; with `expect`, refused (the caller drops the transaction) unless
+    /// the cursor takes exactly from that block and offset.
+    fn consume_checked(
+        &mut self,
+        purpose: Purpose,
+        bytes: usize,
+        expect: Option<(Uuid, u64)>,
+    ) -> Result<Consumed, StoreError> {
         if bytes == 0 {
             return Err(StoreError::InvalidRequest("zero-byte consumption"));
         }
@@ -861,6 +890,15 @@ impl Tx<'_> {
             // The caller drops the transaction: nothing skipped, nothing consumed.
             return Err(exhausted);
         };
+        if let Some((block, offset)) = expect
+            && (target.info.id, target.info.used_bytes) != (block, offset)
+        {
+            return Err(StoreError::CursorDiverged {
+                expected_block: block,
+                expected_offset: offset,
+                found: format!("{}@{}", target.info.id, target.info.used_bytes),
+            });
+        }
         // Pass 2: record the skipped tails, then the consumption.
         for mut b in passed {
             let rem = b.info.remaining_bytes();
@@ -997,6 +1035,40 @@ impl StorePool {
     /// [`StoreError::Exhausted`], consuming nothing, when no block holds `bytes` unused bytes.
     pub fn consume(&self, purpose: Purpose, bytes: usize) -> Result<Consumed, StoreError> {
         self.write(|tx| tx.consume(purpose, bytes))
+    }
+
+    /// A mirrored consumption: takes the next `bytes` key bytes for `purpose` exactly like
+    /// [`StorePool::consume`], but only if the cursor takes them from `block` at `offset`
+    /// (where the peer's identical pool took them). Otherwise nothing is consumed or
+    /// skipped and the error is [`StoreError::CursorDiverged`] (or
+    /// [`StoreError::Exhausted`] when nothing could be served at all).
+    pub fn consume_at(
+        &self,
+        purpose: Purpose,
+        block: Uuid,
+        offset: u64,
+        bytes: usize,
+    ) -> Result<SecretBytes, StoreError> {
+        let block_known = self.write(|tx| tx.consume_checked(purpose, bytes, Some((block, offset))));
+        match block_known {
+            Ok(c) => Ok(c.key),
+            Err(StoreError::Exhausted { .. }) => Err(StoreError::CursorDiverged {
+                expected_block: block,
+                expected_offset: offset,
+                found: "none".into(),
+            }),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Consumptions recorded for `purpose` (ledger entries), in order: (block, offset,
+    /// length) each. The number of them is how many times the pool was consumed for it.
+    pub fn consumptions(&self, purpose: Purpose) -> Result<Vec<(Uuid, u64, u64)>, StoreError> {
+        Ok(self
+            .ledger()?
+            .filter(|e| e.kind == LedgerKind::Consumed(purpose))
+            .map(|e| (e.block, e.offset, e.len))
+            .collect())
     }
 
     /// `count` consumptions of `bytes_each` bytes for `purpose`: exactly what `count`

@@ -585,6 +585,39 @@ impl DownstreamKeys {
         Ok(KeyIndex::of_slot(idle))
     }
 
+    /// The receiver's form of [`DownstreamKeys::install`]: puts `key` into the slot the
+    /// sender announced (`index`, a key slot), applying from `from_superframe`. The slot
+    /// must be idle or hold an *older* key than the other slot (that key's overlap window
+    /// is cut short: it is erased now); the slot holding the newest key is never replaced.
+    /// `from_superframe` must be after every installed key's. Nothing changes on `Err`.
+    pub fn install_at(
+        &mut self,
+        index: KeyIndex,
+        key: DownstreamKey,
+        from_superframe: u64,
+    ) -> Result<(), DownstreamError> {
+        if from_superframe > MAX_SUPERFRAME {
+            return Err(DownstreamError::SuperframeOutOfRange(from_superframe));
+        }
+        let Some(slot) = index.slot() else { return Err(DownstreamError::UnknownKey(index)) };
+        let latest = self.slots.iter().flatten().map(|s| s.from).max();
+        if let Some(current) = latest
+            && from_superframe <= current
+        {
+            return Err(DownstreamError::NotAfterCurrent { from: from_superframe, current });
+        }
+        let newest_here = match (&self.slots[slot], &self.slots[1 - slot]) {
+            (Some(mine), Some(other)) => mine.from >= other.from,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        if newest_here {
+            return Err(DownstreamError::SlotBusy);
+        }
+        self.slots[slot] = Some(Slot { cipher: key.cipher(), from: from_superframe });
+        Ok(())
+    }
+
     /// The key index the sender uses at `superframe`: the newest key already applying.
     pub fn active_at(&self, superframe: u64) -> Option<KeyIndex> {
         self.slots
@@ -738,6 +771,24 @@ mod tests {
                            30c81c46a35ce411e5fbc1191a0a52ef f69f2445df4f9b17ad2b417be66c3710";
     const NIST_CT: &str = "874d6191b620e3261bef6864990db6ce 9806f66b7970fdff8617187bb9fffdff
                            5ae4df3edbd5d35e5b4f09020db03eab 1e031dda2fbe03d1792170a0f3009cee";
+
+    #[test]
+    fn install_at_replaces_only_an_older_key() {
+        let mut rx = DownstreamKeys::new(OnuId(3), KeysConfig::default());
+        rx.install_at(KeyIndex::Slot1, key(1), 10).unwrap();
+        // The slot with the newest key is never replaced.
+        assert_eq!(rx.install_at(KeyIndex::Slot1, key(2), 20).unwrap_err(), DownstreamError::SlotBusy);
+        rx.install_at(KeyIndex::Slot2, key(2), 20).unwrap();
+        assert!(matches!(
+            rx.install_at(KeyIndex::Slot1, key(3), 15),
+            Err(DownstreamError::NotAfterCurrent { .. })
+        ));
+        // Slot 1 holds the older key: it may be replaced (its overlap cut short).
+        rx.install_at(KeyIndex::Slot1, key(3), 30).unwrap();
+        assert_eq!(rx.key_from(KeyIndex::Slot1), Some(30));
+        assert_eq!(rx.key_from(KeyIndex::Slot2), Some(20));
+        assert!(rx.install_at(KeyIndex::Clear, key(4), 40).is_err());
+    }
 
     fn nist_key() -> DownstreamKey {
         DownstreamKey::from_bytes(hex(NIST_KEY).try_into().unwrap())

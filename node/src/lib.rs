@@ -3,19 +3,24 @@
 //! `olt`, `onu` (and later `sensor-auth`) are long-running services with the same needs:
 //! TOML configuration files whose errors name the field, pre-shared secrets on disk,
 //! structured logs, clean shutdown on SIGINT/SIGTERM, and an HTTP endpoint serving
-//! Prometheus `/metrics` and a JSON `/status` that their `status` subcommand prints. None
-//! of this is protocol logic; it lives here once instead of in each binary.
+//! Prometheus `/metrics` and a JSON `/status` that their `status` subcommand prints, the
+//! persistent key store in their data directory ([`store`]) and the ETSI GS QKD 014 API
+//! they serve from it ([`api`]). None of this is protocol logic; it lives here once instead
+//! of in each binary.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod api;
 pub mod config;
 pub mod http;
 pub mod logging;
 pub mod psk;
+pub mod store;
 
 pub use config::{ConfigError, parse_toml};
 pub use http::{StatusPage, fetch, serve_status};
 pub use psk::{MIN_PSK_BYTES, read_psk, write_psk};
+pub use store::{PoolFigures, PoolSource, StoreSettings, open_store, resolve_kek};
 
 /// Why a service did not start (the `olt` and `onu` services share these causes).
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +36,9 @@ pub enum StartError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The key store could not be read to resume a session.
+    #[error("key store: {0}")]
+    Store(String),
 }
 
 /// The `status` subcommand of a service: fetches `/status` from `addr` and prints it as

@@ -5,6 +5,8 @@
 use crate::monitor::MonitorConfig;
 use crate::scheduling::SchedulingConfig;
 pub use qpon_node::ConfigError;
+use qpon_node::api::ApiSide;
+pub use qpon_node::api::{ApiSection, SaeEntry};
 use qpon_node::parse_toml;
 use qpon_qkd::finite_key::DecoyParams;
 use qpon_qkd::session::SessionConfig;
@@ -38,6 +40,9 @@ pub struct OltConfig {
     /// The ONUs served.
     #[serde(default)]
     pub onu: Vec<OnuEntry>,
+    /// The ETSI GS QKD 014 key-delivery API (off by default).
+    #[serde(default)]
+    pub api: ApiSection,
 }
 
 /// `[olt]`.
@@ -48,8 +53,12 @@ pub struct NodeSection {
     pub listen: SocketAddr,
     /// HTTP address of `/metrics` and `/status`; empty = disabled.
     pub metrics_listen: String,
-    /// Data directory.
+    /// Data directory: holds the key store `keys.redb` (created with mode 0700 if absent;
+    /// relative paths are relative to the config file).
     pub data_dir: PathBuf,
+    /// File holding the key store's key-encryption key (64 hex digits, mode 0600); empty =
+    /// the `QPON_KEK` environment variable if set, else an unencrypted store.
+    pub kek_file: PathBuf,
     /// Worker threads (0 = one per core).
     pub workers: usize,
     /// Detector poll period, ms.
@@ -64,6 +73,7 @@ impl Default for NodeSection {
             listen: SocketAddr::from(([0, 0, 0, 0], 7400)),
             metrics_listen: "127.0.0.1:9400".into(),
             data_dir: PathBuf::from("/var/lib/qpon/olt"),
+            kek_file: PathBuf::new(),
             workers: 0,
             poll_ms: 10,
             stats_ms: 1000,
@@ -120,6 +130,12 @@ impl OltConfig {
                 o.psk_file = base.join(&o.psk_file);
             }
         }
+        for p in [&mut cfg.olt.data_dir, &mut cfg.olt.kek_file] {
+            if !p.as_os_str().is_empty() && p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        cfg.api.resolve_paths(base);
         cfg.validate()?;
         Ok(cfg)
     }
@@ -142,6 +158,9 @@ impl OltConfig {
         }
         if !self.olt.metrics_listen.is_empty() && self.olt.metrics_listen.parse::<SocketAddr>().is_err() {
             return bad("olt.metrics_listen", "must be host:port or empty");
+        }
+        if self.olt.data_dir.as_os_str().is_empty() {
+            return bad("olt.data_dir", "must not be empty");
         }
         let sch = &self.scheduling.scheduler;
         if let Err(e) = sch.validate() {
@@ -168,6 +187,8 @@ impl OltConfig {
                 return Err(ConfigError(format!("invalid `onu[{i}].decoy`: {e}")));
             }
         }
+        let ids: Vec<u16> = self.onu.iter().map(|o| o.id).collect();
+        self.api.validate(ApiSide::Olt(&ids))?;
         Ok(())
     }
 
@@ -203,6 +224,12 @@ mod tests {
         assert_eq!(cfg.session, SessionConfig::default());
         assert_eq!(cfg.monitor, MonitorConfig::default());
         assert!(cfg.onu.is_empty());
+        // The shipped file's relative API paths resolve against its folder, like the
+        // defaults do.
+        let mut api = ApiSection::default();
+        api.resolve_paths(Path::new("."));
+        assert_eq!(cfg.api, api);
+        assert!(!cfg.api.enabled());
     }
 
     #[test]
@@ -223,6 +250,31 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.0.contains("onu[0].decoy"), "{e}");
+    }
+
+    #[test]
+    fn api_and_store_fields_are_checked() {
+        let e = OltConfig::parse("[api]\nkey_size_bits = 12\n", Path::new(".")).unwrap_err();
+        assert!(e.0.contains("api.key_size_bits"), "{e}");
+        let onu = "[[onu]]\nid = 3\npsk_file = \"k\"\n";
+        let e = OltConfig::parse(
+            &format!("{onu}[[api.sae]]\nonu = 4\nmaster = \"a\"\nslave = \"b\"\n"),
+            Path::new("."),
+        )
+        .unwrap_err();
+        assert!(e.0.contains("api.sae[0].onu"), "{e}");
+        let e = OltConfig::parse("[api]\nlisten = \"x\"\n", Path::new(".")).unwrap_err();
+        assert!(e.0.contains("api.listen"), "{e}");
+        let e = OltConfig::parse("[olt]\ndata_dir = \"\"\n", Path::new(".")).unwrap_err();
+        assert!(e.0.contains("olt.data_dir"), "{e}");
+        let cfg = OltConfig::parse(
+            &format!("[olt]\ndata_dir = \"d\"\nkek_file = \"kek\"\n{onu}[[api.sae]]\nonu = 3\nmaster = \"a\"\nslave = \"b\"\n"),
+            Path::new("/etc/qpon"),
+        )
+        .unwrap();
+        assert_eq!(cfg.olt.data_dir, PathBuf::from("/etc/qpon/d"));
+        assert_eq!(cfg.olt.kek_file, PathBuf::from("/etc/qpon/kek"));
+        assert_eq!(cfg.api.ca_file, PathBuf::from("/etc/qpon/certs/ca.pem"));
     }
 
     #[test]

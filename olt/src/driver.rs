@@ -11,7 +11,13 @@
 //! 3. Drain [`OltDriver::poll_transmit`] and send each frame to its ONU.
 //!
 //! Finished blocks go into the ONU's pool; [`OltDriver::stats`] has the per-ONU figures.
+//!
+//! Downstream encryption ([`crate::downstream`], off by default): after
+//! [`OltDriver::enable_downstream`], call [`OltDriver::downstream_tick`] regularly with the
+//! superframe in progress (it rotates each ONU's key when due, announcing the switch over
+//! the ONU's session) and seal each ONU's payloads with [`OltDriver::seal_downstream`].
 
+use crate::downstream::{DownstreamConfig, DownstreamStats, OltDownstream, Rotation, SealError};
 use crate::monitor::{Alarm, Counts, Monitor};
 use crate::scheduling::{Action, LinkView, OnuScheduling, ScheduleStepError, Scheduling, SchedulingConfig};
 use crate::stats::OnuStats;
@@ -34,12 +40,68 @@ pub struct OnuLink<R: CryptoRng> {
     batch: Vec<DetectionRecord>,
     inbox: Vec<Vec<u8>>,
     refused: u64,
+    downstream: Option<OltDownstream>,
 }
 
 impl<R: CryptoRng> OnuLink<R> {
     /// Wraps a session and its pool.
-    pub fn new(session: OltSession<R>, pool: Box<dyn KeyPool>) -> Self {
-        Self { session, pool, stats: OnuStats::default(), batch: Vec::new(), inbox: Vec::new(), refused: 0 }
+    pub fn new(mut session: OltSession<R>, pool: Box<dyn KeyPool>) -> Self {
+        // After a restart: the uses made so far (every announced use is a Downstream
+        // consumption), and the newest of them to re-send to an ONU that missed them.
+        if session.pool_uses() == (0, 0)
+            && let Ok((n, recent)) = qpon_kms::recent_uses(
+                pool.as_ref(),
+                qpon_kms::Purpose::Downstream,
+                qpon_qkd::session::USE_LOG,
+            )
+            && n > 0
+        {
+            session.restore_pool_uses(n, recent);
+        }
+        Self {
+            session,
+            pool,
+            stats: OnuStats::default(),
+            batch: Vec::new(),
+            inbox: Vec::new(),
+            refused: 0,
+            downstream: None,
+        }
+    }
+
+    /// Its downstream key state, when downstream encryption is on.
+    pub fn downstream(&self) -> Option<&OltDownstream> {
+        self.downstream.as_ref()
+    }
+
+    /// Rotates the ONU's downstream key if due: the key is taken from the pool (durably)
+    /// and the switch announced on the session. Only while the session can announce it at
+    /// once (synced, running, few uses unacknowledged), so a consumption is never made that
+    /// the ONU cannot be told about.
+    fn rotate_downstream(&mut self, now: Instant, superframe: u64) {
+        let Some(ds) = self.downstream.as_mut() else { return };
+        ds.advance_to(superframe);
+        if !ds.due(superframe)
+            || self.session.is_stopped()
+            || !self.session.is_synced()
+            || self.session.pool_uses_unacked() >= 4
+        {
+            return;
+        }
+        match ds.rotate(superframe, self.pool.as_mut()) {
+            Rotation::Announce(u) => {
+                if let Err(e) = self.session.announce_use(now, u) {
+                    // Consumed here and not announced: the pools would diverge. Stop.
+                    self.stats.pool_error = Some(format!("pool use not announced: {e}"));
+                    self.session.pool_failed(now);
+                }
+            }
+            Rotation::Failed(e) => {
+                self.stats.pool_error = Some(e.to_string());
+                self.session.pool_failed(now);
+            }
+            Rotation::NotDue | Rotation::PoolEmpty => {}
+        }
     }
 
     /// Frames refused so far (malformed, replayed, bad tags…).
@@ -147,6 +209,7 @@ pub struct OltDriver<R: CryptoRng> {
     unattributed: u64,
     monitor: Monitor,
     scheduling: Option<Scheduling>,
+    downstream: Option<DownstreamConfig>,
 }
 
 impl<R: CryptoRng + Send> OltDriver<R> {
@@ -161,7 +224,49 @@ impl<R: CryptoRng + Send> OltDriver<R> {
             unattributed: 0,
             monitor: Monitor::default(),
             scheduling: None,
+            downstream: None,
         }
+    }
+
+    /// Turns on downstream encryption with `config` for every ONU (present and added
+    /// later); `config.enabled == false` turns it off (frames are then refused, never sent
+    /// in clear).
+    pub fn enable_downstream(&mut self, config: DownstreamConfig) {
+        for (&onu, l) in self.onus.iter_mut() {
+            l.downstream = Some(OltDownstream::new(onu, config));
+        }
+        self.downstream = Some(config);
+    }
+
+    /// The downstream step: call it regularly with the superframe in progress (the OLT's
+    /// clock). Rotates every ONU's key that is due and sends the announcements.
+    pub fn downstream_tick(&mut self, now: Instant, superframe: u64) {
+        if self.downstream.is_none() {
+            return;
+        }
+        for (&onu, l) in self.onus.iter_mut() {
+            l.rotate_downstream(now, superframe);
+            l.flush(now, onu, &mut self.outbox);
+        }
+    }
+
+    /// Seals `payload` for `onu` in `superframe` under its current key; returns the frame
+    /// to broadcast. Refused — never sent in clear — without downstream encryption, before
+    /// the ONU's first key, or while its traffic is stopped (pool empty).
+    pub fn seal_downstream(
+        &mut self,
+        onu: u16,
+        superframe: u64,
+        payload: &[u8],
+    ) -> Result<Vec<u8>, SealError> {
+        let ds =
+            self.onus.get_mut(&onu).and_then(|l| l.downstream.as_mut()).ok_or(SealError::NotEnabled(onu))?;
+        ds.seal(onu, superframe, payload)
+    }
+
+    /// `onu`'s downstream counters, when downstream encryption is on.
+    pub fn downstream_stats(&self, onu: u16) -> Option<&DownstreamStats> {
+        self.onus.get(&onu)?.downstream.as_ref().map(|d| d.stats())
     }
 
     /// Turns on the scheduling step (see [`crate::scheduling`]): from now on
@@ -250,7 +355,10 @@ impl<R: CryptoRng + Send> OltDriver<R> {
     }
 
     /// Adds (or replaces) an ONU.
-    pub fn add_onu(&mut self, onu: u16, link: OnuLink<R>) {
+    pub fn add_onu(&mut self, onu: u16, mut link: OnuLink<R>) {
+        if let Some(cfg) = self.downstream {
+            link.downstream = Some(OltDownstream::new(onu, cfg));
+        }
         self.onus.insert(onu, link);
     }
 

@@ -20,6 +20,7 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod downstream;
 pub mod driver;
 pub mod monitor;
 pub mod scheduling;
@@ -28,6 +29,7 @@ pub mod stats;
 pub mod status;
 
 // The public interface is:
+pub use downstream::{DownstreamConfig, DownstreamStats, OltDownstream, OnPoolEmpty, SealError};
 pub use driver::{OltDriver, OnuLink, run_parallel};
 pub use monitor::{Alarm, AlarmKind, Monitor, MonitorConfig};
 pub use scheduling::{OnuScheduling, ScheduleStepError, SchedulingConfig};

@@ -6,7 +6,6 @@ use qpon_node::logging::{self, LogFormat};
 use qpon_olt::config::{BackendKind, DEFAULT_CONFIG, OltConfig};
 use qpon_olt::service::{OltHandle, OltParts};
 use qpon_olt::status::OltStatus;
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -54,6 +53,17 @@ enum Cmd {
         /// Length in bytes.
         #[arg(long, default_value_t = 16 * 1024)]
         bytes: usize,
+    },
+    /// Writes development certificates for the ETSI API (a CA, a server certificate for
+    /// localhost and a client certificate per SAE; mode 0600, never overwritten) and prints
+    /// the `[api]` lines to paste. Not for production.
+    Certs {
+        /// Output directory (created if absent).
+        #[arg(long)]
+        out: PathBuf,
+        /// An SAE ID (the client certificate's CN); repeat for each SAE.
+        #[arg(long = "sae")]
+        saes: Vec<String>,
     },
 }
 
@@ -111,6 +121,11 @@ fn run(cmd: Cmd) -> Result<(), (u8, String)> {
             println!("wrote {bytes} bytes to {}", out.display());
             Ok(())
         }
+        Cmd::Certs { out, saes } => {
+            let text = qpon_node::api::write_dev_certs(&out, &saes, "olt").map_err(|e| (1, e))?;
+            print!("{text}");
+            Ok(())
+        }
         Cmd::Status { addr, json } => {
             qpon_node::print_status(&addr, json, OltStatus::to_table).map_err(|e| (1, e))
         }
@@ -119,9 +134,12 @@ fn run(cmd: Cmd) -> Result<(), (u8, String)> {
             if cfg.onu.is_empty() {
                 return Err((2, "invalid `onu`: configure at least one ONU".into()));
             }
+            // What can be checked without starting: the KEK and the API's files.
+            qpon_node::resolve_kek(&cfg.olt.kek_file, "olt.kek_file").map_err(|e| (2, e.to_string()))?;
+            cfg.api.check_files().map_err(|e| (2, e.to_string()))?;
             let detector = backend(&cfg)?;
             rt()?.block_on(async move {
-                let parts = OltParts { detector, slot_map: None, pools: BTreeMap::new() };
+                let parts = OltParts::new(detector);
                 let olt = OltHandle::start(cfg, parts).await.map_err(|e| (2, e.to_string()))?;
                 qpon_node::shutdown_signal().await;
                 let fin = olt.shutdown().await;

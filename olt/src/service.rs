@@ -13,20 +13,30 @@
 //! replaces the first (the ONU reconnected) and the session re-sends what is outstanding.
 //! Frames for an ONU without a connection are dropped: the session retransmits them.
 //!
-//! **Shutdown** ([`OltHandle::shutdown`]): the listener stops, the driver loop finishes
-//! the call it is in and stops. Blocks reach a pool only whole (the pool's append is the
-//! commit); a block in flight is simply never appended — on either end, since the ONU
-//! appends only on the OLT's acknowledgement.
+//! **Key store** ([`PoolSource::Config`], what the binary uses): `keys.redb` in the data
+//! directory holds every ONU's pool and the pad ledger. At start each ONU's session is
+//! resumed from it ([`KeyStore::resume`]: authentication material = pre-shared secret +
+//! committed shares, the persistent pad ledger, the last committed block; provisional
+//! blocks are discarded) before it sees any input. The ETSI GS QKD 014 API (`[api]`), when
+//! enabled, serves the same store.
+//!
+//! **Shutdown** ([`OltHandle::shutdown`]): the listener and the API stop, the driver loop
+//! finishes the call it is in and stops, and every handle on the store is released. Blocks
+//! become usable only when committed (the pool agreement); a block in flight stays
+//! provisional and is discarded at the next start.
 
 use crate::config::OltConfig;
 use crate::driver::{OltDriver, OnuLink};
 use crate::status::OltStatus;
 use qpon_hw::{DetectionRecord, DetectorSource};
-use qpon_kms::{KeyPool, MemoryPool};
+use qpon_kms::{End, KeyPool, KeyStore, MemoryPool};
 use qpon_mux::scheduler::{OnuDemand, Policy, SchedulerConfig, schedule};
 use qpon_mux::{Equalisation, OnuId, RangingConfig, SlotMap, SlotMapSchedule};
 pub use qpon_node::StartError;
-use qpon_node::read_psk;
+use qpon_node::api::{ApiServer, ApiSide};
+pub use qpon_node::store::PoolSource;
+use qpon_node::store::StoreSettings;
+use qpon_node::{ConfigError, read_psk};
 use qpon_qkd::session::stream::{Hello, StreamDecoder, encode_frame};
 use qpon_qkd::session::{AuthMaterial, MemoryLedger, OltSession};
 use qpon_qkd::time::Instant;
@@ -47,14 +57,25 @@ const PRIOR_QUALITY: f64 = 1e-5;
 /// How long a new connection has to present its hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// In-memory pools by ONU id (missing ones get a fresh [`MemoryPool`]).
+pub type MemoryPools = BTreeMap<u16, Box<dyn KeyPool>>;
+
 /// What the service runs on besides its configuration.
 pub struct OltParts {
     /// The receiver.
     pub detector: Box<dyn DetectorSource + Send>,
     /// The slot map to start with (`None`: equal shares among the configured ONUs).
     pub slot_map: Option<SlotMap>,
-    /// Pools by ONU id (missing ones get an in-memory pool).
-    pub pools: BTreeMap<u16, Box<dyn KeyPool>>,
+    /// Where the pools come from: the store in `[olt] data_dir` ([`PoolSource::Config`],
+    /// the default), an open store, or in-memory pools and ledgers (tests).
+    pub pools: PoolSource<MemoryPools>,
+}
+
+impl OltParts {
+    /// `detector`, equal shares to start with, the configured key store.
+    pub fn new(detector: Box<dyn DetectorSource + Send>) -> Self {
+        Self { detector, slot_map: None, pools: PoolSource::Config }
+    }
 }
 
 /// A running OLT.
@@ -63,10 +84,13 @@ pub struct OltHandle {
     pub local_addr: SocketAddr,
     /// Where `/metrics` and `/status` are served, if enabled.
     pub metrics_addr: Option<SocketAddr>,
+    /// Where the ETSI GS QKD 014 API is served, if enabled.
+    pub api_addr: Option<SocketAddr>,
     status: Arc<RwLock<OltStatus>>,
     inputs: mpsc::Sender<Input>,
     driver: Option<std::thread::JoinHandle<OltStatus>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    api: Option<ApiServer>,
 }
 
 enum Input {
@@ -120,16 +144,52 @@ impl OltHandle {
             .collect();
         driver.monitor_mut().set_config(cfg.monitor.clone());
         driver.enable_scheduling(cfg.scheduling);
+        let settings = StoreSettings {
+            data_dir: &cfg.olt.data_dir,
+            data_dir_field: "olt.data_dir",
+            kek_file: &cfg.olt.kek_file,
+            kek_field: "olt.kek_file",
+        };
+        let (store, mut memory) = match parts.pools.open(&settings)? {
+            Ok(store) => (Some(store), MemoryPools::new()),
+            Err(memory) => (None, memory),
+        };
+        if cfg.api.enabled() && store.is_none() {
+            return Err(ConfigError::field("api.listen", "the ETSI API needs the key store").into());
+        }
         for entry in &cfg.onu {
             let psk = read_psk(&entry.psk_file)?;
-            let session = OltSession::new(
-                cfg.session_for(entry),
-                AuthMaterial::from_psk(&psk),
-                Box::new(MemoryLedger::new()),
-                qpon_qkd::rng::os_rng(),
-            );
-            let pool = parts.pools.remove(&entry.id).unwrap_or_else(|| Box::new(MemoryPool::new()));
-            driver.add_onu(entry.id, OnuLink::new(session, pool));
+            let link = match &store {
+                Some(store) => {
+                    // Resumed before any input: the pool sync of the first connection
+                    // names the last committed block.
+                    let r = store
+                        .resume(entry.id, &psk, End::Olt)
+                        .map_err(|e| StartError::Store(format!("resuming ONU {}: {e}", entry.id)))?;
+                    if !r.discarded.is_empty() {
+                        info!(onu = entry.id, blocks = r.discarded.len(), "provisional blocks discarded");
+                    }
+                    let mut session = OltSession::new(
+                        cfg.session_for(entry),
+                        r.material,
+                        Box::new(r.ledger),
+                        qpon_qkd::rng::os_rng(),
+                    );
+                    session.restore_last_committed(r.last_committed.map(|(id, _)| id));
+                    OnuLink::new(session, Box::new(r.pool))
+                }
+                None => {
+                    let session = OltSession::new(
+                        cfg.session_for(entry),
+                        AuthMaterial::from_psk(&psk),
+                        Box::new(MemoryLedger::new()),
+                        qpon_qkd::rng::os_rng(),
+                    );
+                    let pool = memory.remove(&entry.id).unwrap_or_else(|| Box::new(MemoryPool::new()));
+                    OnuLink::new(session, pool)
+                }
+            };
+            driver.add_onu(entry.id, link);
         }
         let listener = TcpListener::bind(cfg.olt.listen)
             .await
@@ -137,6 +197,11 @@ impl OltHandle {
         let local_addr = listener
             .local_addr()
             .map_err(|source| StartError::Listen { addr: cfg.olt.listen.to_string(), source })?;
+        let api = match &store {
+            Some(store) => qpon_node::api::start_api(&cfg.api, ApiSide::Olt(&ids), store.clone()).await?,
+            None => None,
+        };
+        let api_addr = api.as_ref().map(|a| a.addr);
         let status = Arc::new(RwLock::new(OltStatus::default()));
         let (inputs, rx) = mpsc::channel();
         let mut tasks = Vec::new();
@@ -144,14 +209,20 @@ impl OltHandle {
         let metrics_addr = if cfg.olt.metrics_listen.is_empty() {
             None
         } else {
-            let l = TcpListener::bind(&cfg.olt.metrics_listen)
-                .await
-                .map_err(|source| StartError::Listen { addr: cfg.olt.metrics_listen.clone(), source })?;
+            let l = match TcpListener::bind(&cfg.olt.metrics_listen).await {
+                Ok(l) => l,
+                Err(source) => {
+                    if let Some(a) = api {
+                        a.stop().await;
+                    }
+                    return Err(StartError::Listen { addr: cfg.olt.metrics_listen.clone(), source });
+                }
+            };
             let addr = l.local_addr().ok();
             tasks.push(tokio::spawn(qpon_node::serve_status(l, status.clone())));
             addr
         };
-        info!(%local_addr, ?metrics_addr, onus = ids.len(), "olt listening");
+        info!(%local_addr, ?metrics_addr, ?api_addr, onus = ids.len(), store = ?store, "olt listening");
 
         let known: Arc<Vec<u16>> = Arc::new(ids);
         tasks.push(tokio::spawn(accept_loop(listener, inputs.clone(), known)));
@@ -162,9 +233,12 @@ impl OltHandle {
         let detector = parts.detector;
         let driver = std::thread::Builder::new()
             .name("olt-driver".into())
-            .spawn(move || driver_loop(driver, detector, rx, st, poll, stats_every, frame_len, equalisations))
+            .spawn(move || {
+                let lp = LoopParts { driver, detector, rx, status: st, store };
+                driver_loop(lp, poll, stats_every, frame_len, equalisations)
+            })
             .map_err(|source| StartError::Listen { addr: "driver thread".into(), source })?;
-        Ok(OltHandle { local_addr, metrics_addr, status, inputs, driver: Some(driver), tasks })
+        Ok(OltHandle { local_addr, metrics_addr, api_addr, status, inputs, driver: Some(driver), tasks, api })
     }
 
     /// The latest status snapshot.
@@ -172,9 +246,13 @@ impl OltHandle {
         self.status.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Stops the service and returns the final status.
+    /// Stops the service and returns the final status. When it returns, the service holds
+    /// no handle on the key store any more (it can be opened again).
     pub async fn shutdown(mut self) -> OltStatus {
         let _ = self.inputs.send(Input::Shutdown);
+        if let Some(api) = self.api.take() {
+            api.stop().await;
+        }
         for t in &self.tasks {
             t.abort();
         }
@@ -272,17 +350,24 @@ async fn connection(
     result
 }
 
-#[allow(clippy::too_many_arguments)]
-fn driver_loop(
-    mut driver: OltDriver<qpon_qkd::rng::OsRng>,
-    mut detector: Box<dyn DetectorSource + Send>,
+/// What the driver loop owns.
+struct LoopParts {
+    driver: OltDriver<qpon_qkd::rng::OsRng>,
+    detector: Box<dyn DetectorSource + Send>,
     rx: mpsc::Receiver<Input>,
     status: Arc<RwLock<OltStatus>>,
+    /// The key store, for the pool figures of the status (`None` with in-memory pools).
+    store: Option<KeyStore>,
+}
+
+fn driver_loop(
+    parts: LoopParts,
     poll: Duration,
     stats_every: Duration,
     frame_len: u64,
     equalisations: HashMap<u16, Equalisation>,
 ) -> OltStatus {
+    let LoopParts { mut driver, mut detector, rx, status, store } = parts;
     let start = std::time::Instant::now();
     let now = || Instant::from_nanos(u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX));
     let gate_rate = detector.gate_rate_hz();
@@ -293,7 +378,10 @@ fn driver_loop(
     let mut detector_failed = false;
     let publish =
         |driver: &OltDriver<_>, conns: &HashMap<u16, (u64, UnboundedSender<Vec<u8>>)>, t: Instant| {
-            let s = OltStatus::capture(driver, t, |o| conns.contains_key(&o));
+            let mut s = OltStatus::capture(driver, t, |o| conns.contains_key(&o));
+            if let Some(store) = &store {
+                s.add_store_figures(store);
+            }
             *status.write().unwrap_or_else(|e| e.into_inner()) = s.clone();
             s
         };

@@ -3,7 +3,9 @@
 //! as a table by `olt status`.
 
 use crate::driver::OltDriver;
+use qpon_kms::KeyStore;
 use qpon_mux::OnuId;
+use qpon_node::PoolFigures;
 use qpon_qkd::time::Instant;
 use rand::CryptoRng;
 use serde::{Deserialize, Serialize};
@@ -45,6 +47,16 @@ pub struct OnuStatus {
     pub key_rate_bits_per_s: f64,
     /// Unused bits in its pool.
     pub pool_bits: u64,
+    /// Blocks committed to its pool (from the store: since the store was created).
+    #[serde(default)]
+    pub committed_blocks: u64,
+    /// Blocks discarded from its pool (from the store: since the store was created).
+    #[serde(default)]
+    pub discarded_blocks: u64,
+    /// Bytes consumed from its pool, by purpose (from the store; empty for in-memory
+    /// pools).
+    #[serde(default)]
+    pub consumed_bytes: BTreeMap<String, u64>,
     /// Authentication key (hash keys and pads) spent, bits.
     pub auth_bits_spent: u64,
     /// Frames refused (bad tags, replays, malformed).
@@ -74,6 +86,7 @@ impl OltStatus {
             .onus()
             .map(|(&onu, l)| {
                 let s = &l.stats;
+                let pool = PoolFigures::from_pool(l.pool.as_ref(), s.discarded);
                 OnuStatus {
                     onu,
                     connected: connected(onu),
@@ -84,7 +97,10 @@ impl OltStatus {
                     blocks: s.blocks,
                     secret_bits: s.secret_bits,
                     key_rate_bits_per_s: if uptime_s > 0.0 { s.secret_bits as f64 / uptime_s } else { 0.0 },
-                    pool_bits: l.pool.level_bits(),
+                    pool_bits: pool.pool_bits,
+                    committed_blocks: pool.committed_blocks,
+                    discarded_blocks: pool.discarded_blocks,
+                    consumed_bytes: pool.consumed_bytes,
                     auth_bits_spent: l.session.auth_bits_spent(),
                     refused_frames: l.refused(),
                     aborted: s.aborted.clone(),
@@ -93,6 +109,17 @@ impl OltStatus {
             })
             .collect();
         OltStatus { uptime_s, unattributed: driver.unattributed(), onus }
+    }
+
+    /// Replaces the pool figures with the store's (lifetime totals, per-purpose
+    /// consumption). An ONU whose figures cannot be read keeps the driver's.
+    pub fn add_store_figures(&mut self, store: &KeyStore) {
+        for o in &mut self.onus {
+            match PoolFigures::from_store(&store.pool(o.onu)) {
+                Ok(f) => o.set_pool(f),
+                Err(e) => tracing::debug!(onu = o.onu, error = %e, "pool figures unavailable"),
+            }
+        }
     }
 
     /// Prometheus text exposition format (version 0.0.4), one series per ONU.
@@ -150,6 +177,33 @@ impl OltStatus {
             &mut per_onu(|o| o.pool_bits as f64),
         );
         metric(
+            "pool_committed_blocks_total",
+            "counter",
+            "Blocks committed to the ONU's pool.",
+            &mut per_onu(|o| o.committed_blocks as f64),
+        );
+        metric(
+            "pool_discarded_blocks_total",
+            "counter",
+            "Blocks discarded from the ONU's pool.",
+            &mut per_onu(|o| o.discarded_blocks as f64),
+        );
+        let consumed: Vec<(String, f64)> = self
+            .onus
+            .iter()
+            .flat_map(|o| {
+                o.consumed_bytes
+                    .iter()
+                    .map(move |(p, n)| (format!("onu=\"{}\",purpose=\"{p}\"", o.onu), *n as f64))
+            })
+            .collect();
+        metric(
+            "pool_consumed_bytes_total",
+            "counter",
+            "Key bytes consumed from the ONU's pool, by purpose.",
+            &mut consumed.into_iter(),
+        );
+        metric(
             "auth_bits_spent_total",
             "counter",
             "Authentication key spent (hash keys and pads), bits.",
@@ -185,7 +239,7 @@ impl OltStatus {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "{:>5} {:>4} {:>7} {:>12} {:>7} {:>7} {:>13} {:>11} {:>11} {:>10}  alarms",
+            "{:>5} {:>4} {:>7} {:>12} {:>7} {:>7} {:>13} {:>11} {:>11} {:>9} {:>9} {:>10}  {:<24}  alarms",
             "onu",
             "conn",
             "share",
@@ -195,12 +249,15 @@ impl OltStatus {
             "secret bits",
             "rate b/s",
             "pool bits",
-            "auth bits"
+            "committed",
+            "discarded",
+            "auth bits",
+            "consumed bytes"
         );
         for o in &self.onus {
             let _ = writeln!(
                 out,
-                "{:>5} {:>4} {:>7.4} {:>12} {:>7.3} {:>7} {:>13} {:>11.0} {:>11} {:>10}  {}",
+                "{:>5} {:>4} {:>7.4} {:>12} {:>7.3} {:>7} {:>13} {:>11.0} {:>11} {:>9} {:>9} {:>10}  {:<24}  {}",
                 o.onu,
                 if o.connected { "up" } else { "down" },
                 o.slot_share,
@@ -210,13 +267,31 @@ impl OltStatus {
                 o.secret_bits,
                 o.key_rate_bits_per_s,
                 o.pool_bits,
+                o.committed_blocks,
+                o.discarded_blocks,
                 o.auth_bits_spent,
+                consumed_summary(&o.consumed_bytes),
                 if o.alarms.is_empty() { "-".to_string() } else { o.alarms.join("; ") }
             );
         }
         let _ = writeln!(out, "uptime {:.1} s, unattributed detections {}", self.uptime_s, self.unattributed);
         out
     }
+}
+
+impl OnuStatus {
+    fn set_pool(&mut self, f: PoolFigures) {
+        self.pool_bits = f.pool_bits;
+        self.committed_blocks = f.committed_blocks;
+        self.discarded_blocks = f.discarded_blocks;
+        self.consumed_bytes = f.consumed_bytes;
+    }
+}
+
+/// `api=64 classical_auth=0…` without the zeros; `-` when nothing was consumed.
+pub(crate) fn consumed_summary(c: &BTreeMap<String, u64>) -> String {
+    let parts: Vec<String> = c.iter().filter(|(_, n)| **n > 0).map(|(p, n)| format!("{p}={n}")).collect();
+    if parts.is_empty() { "-".into() } else { parts.join(" ") }
 }
 
 #[cfg(test)]
@@ -231,6 +306,8 @@ mod tests {
                 onu: 7,
                 connected: true,
                 blocks: 3,
+                committed_blocks: 4,
+                consumed_bytes: BTreeMap::from([("api".to_string(), 64), ("downstream".to_string(), 0)]),
                 aborted: BTreeMap::from([("BoundZero".to_string(), 2)]),
                 ..OnuStatus::default()
             }],
@@ -243,6 +320,8 @@ mod tests {
         assert!(t.contains("# TYPE qpon_olt_blocks_total counter\nqpon_olt_blocks_total{onu=\"7\"} 3\n"));
         assert!(t.contains("qpon_olt_aborted_blocks_total{onu=\"7\",reason=\"BoundZero\"} 2"));
         assert!(t.contains("qpon_olt_connected{onu=\"7\"} 1"));
+        assert!(t.contains("qpon_olt_pool_committed_blocks_total{onu=\"7\"} 4"));
+        assert!(t.contains("qpon_olt_pool_consumed_bytes_total{onu=\"7\",purpose=\"api\"} 64"));
         // Every sample line belongs to a declared metric.
         for line in t.lines().filter(|l| !l.starts_with('#')) {
             let name = line.split(['{', ' ']).next().unwrap();
@@ -256,5 +335,6 @@ mod tests {
         let back: OltStatus = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
         assert_eq!(back, s);
         assert!(s.to_table().contains("BoundZero") || s.to_table().contains("   7"));
+        assert!(s.to_table().contains("api=64"), "{}", s.to_table());
     }
 }

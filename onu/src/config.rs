@@ -10,6 +10,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 pub use qpon_node::ConfigError;
+use qpon_node::api::ApiSide;
+pub use qpon_node::api::{ApiSection, SaeEntry};
 
 /// The commented default configuration.
 pub const DEFAULT_CONFIG: &str = include_str!("../onu.toml");
@@ -27,6 +29,9 @@ pub struct OnuConfig {
     /// Session parameters (`onu`, `decoy` and `pulse_offset` come from [`NodeSection`]).
     #[serde(default)]
     pub session: SessionConfig,
+    /// The ETSI GS QKD 014 key-delivery API (off by default).
+    #[serde(default)]
+    pub api: ApiSection,
 }
 
 /// `[onu]`.
@@ -41,8 +46,12 @@ pub struct NodeSection {
     pub olt: String,
     /// HTTP address of `/metrics` and `/status`; empty = disabled.
     pub metrics_listen: String,
-    /// Data directory.
+    /// Data directory: holds the key store `keys.redb` (created with mode 0700 if absent;
+    /// relative paths are relative to the config file).
     pub data_dir: PathBuf,
+    /// File holding the key store's key-encryption key (64 hex digits, mode 0600); empty =
+    /// the `QPON_KEK` environment variable if set, else an unencrypted store.
+    pub kek_file: PathBuf,
     /// Equalisation delay in gates.
     pub pulse_offset: i64,
     /// Reconnection back-off bounds, ms.
@@ -65,6 +74,7 @@ impl Default for NodeSection {
             olt: "127.0.0.1:7400".into(),
             metrics_listen: "127.0.0.1:9401".into(),
             data_dir: PathBuf::from("/var/lib/qpon/onu"),
+            kek_file: PathBuf::new(),
             pulse_offset: 0,
             reconnect_min_ms: 100,
             reconnect_max_ms: 5000,
@@ -108,6 +118,12 @@ impl OnuConfig {
         {
             *p = base.join(&*p);
         }
+        for p in [&mut cfg.onu.data_dir, &mut cfg.onu.kek_file] {
+            if !p.as_os_str().is_empty() && p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        cfg.api.resolve_paths(base);
         cfg.validate()?;
         Ok(cfg)
     }
@@ -141,6 +157,12 @@ impl OnuConfig {
             return Err(ConfigError::field("onu.olt", "must be host:port"));
         }
         o.decoy.validate().map_err(|e| ConfigError::field("onu.decoy", e))?;
+        if o.data_dir.as_os_str().is_empty() {
+            return Err(ConfigError::field("onu.data_dir", "must not be empty"));
+        }
+        // Without an id (required to run) the pair's own `onu`, if any, stands in.
+        let own = o.id.or_else(|| self.api.sae.first().and_then(|e| e.onu)).unwrap_or(0);
+        self.api.validate(ApiSide::Onu(own))?;
         Ok(())
     }
 
@@ -173,6 +195,9 @@ mod tests {
         assert_eq!(cfg.onu, NodeSection::default());
         assert_eq!(cfg.backend, BackendSection::default());
         assert_eq!(cfg.session, SessionConfig::default());
+        let mut api = ApiSection::default();
+        api.resolve_paths(Path::new("."));
+        assert_eq!(cfg.api, api);
         assert!(cfg.require_identity().unwrap_err().0.contains("onu.id"));
     }
 
@@ -184,6 +209,23 @@ mod tests {
         assert!(e.0.contains("reconnect"), "{e}");
         let e = OnuConfig::parse("[backend]\nkind = \"usb\"\n", Path::new(".")).unwrap_err();
         assert!(e.0.contains("backend.kind"), "{e}");
+    }
+
+    #[test]
+    fn api_fields_are_checked() {
+        let e = OnuConfig::parse(
+            "[onu]\nid = 2\n[[api.sae]]\nonu = 3\nmaster = \"a\"\nslave = \"b\"\n",
+            Path::new("."),
+        )
+        .unwrap_err();
+        assert!(e.0.contains("api.sae[0].onu"), "{e}");
+        let two = "[[api.sae]]\nmaster = \"a\"\nslave = \"b\"\n[[api.sae]]\nmaster = \"c\"\nslave = \"d\"\n";
+        let e = OnuConfig::parse(&format!("[onu]\nid = 2\n{two}"), Path::new(".")).unwrap_err();
+        assert!(e.0.contains("`api.sae`"), "{e}");
+        let e = OnuConfig::parse("[api]\nkey_size_bits = 0\n", Path::new(".")).unwrap_err();
+        assert!(e.0.contains("api.key_size_bits"), "{e}");
+        let cfg = OnuConfig::parse("[onu]\nid = 2\ndata_dir = \"d\"\n", Path::new("/srv")).unwrap();
+        assert_eq!(cfg.onu.data_dir, PathBuf::from("/srv/d"));
     }
 
     #[test]

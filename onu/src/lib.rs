@@ -16,11 +16,14 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod downstream;
 pub mod service;
 pub mod status;
 
+use downstream::{OnuDownstream, OnuDownstreamStats};
 use qpon_hw::{PulseSource, SourceSchedule};
-use qpon_kms::KeyPool;
+use qpon_kms::{KeyPool, Purpose};
+use qpon_mux::DownstreamError;
 use qpon_mux::{OnuId, SlotMap};
 use qpon_qkd::session::{Event, OnuSession, SessionError};
 use qpon_qkd::time::Instant;
@@ -49,6 +52,8 @@ pub struct OnuDriverStats {
     /// Slot maps refused (malformed, inconsistent, or refused by the source); the OLT
     /// gets no acknowledgement and sends them again.
     pub slot_maps_refused: u64,
+    /// Pool uses of the OLT mirrored (consumed here too and acknowledged).
+    pub pool_uses: u64,
 }
 
 /// The ONU driver.
@@ -63,19 +68,88 @@ pub struct OnuDriver<P: PulseSource> {
     open: BTreeMap<u64, (Vec<usize>, usize, Option<u64>)>,
     outbox: VecDeque<Vec<u8>>,
     slot_map: Option<SlotMap>,
+    downstream: OnuDownstream,
 }
 
 impl<P: PulseSource> OnuDriver<P> {
     /// A driver for `session`, reading pulses from `source`, appending to `pool`.
-    pub fn new(session: OnuSession, source: P, pool: Box<dyn KeyPool>) -> Self {
+    pub fn new(mut session: OnuSession, source: P, pool: Box<dyn KeyPool>) -> Self {
+        // After a restart the pool knows how many of the OLT's uses it mirrored (every
+        // mirrored use is a Downstream consumption here): the pool sync tells the OLT,
+        // which re-sends the rest.
+        if session.pool_uses() == (0, 0)
+            && let Ok(done) = pool.consumptions(Purpose::Downstream)
+        {
+            session.restore_pool_uses(done.len() as u64);
+        }
         Self {
-            session,
             source,
             pool,
             stats: OnuDriverStats::default(),
             open: BTreeMap::new(),
             outbox: VecDeque::new(),
+            downstream: OnuDownstream::new(
+                session.config().onu,
+                qpon_mux::KeysConfig::default().overlap_superframes,
+            ),
+            session,
             slot_map: None,
+        }
+    }
+
+    /// Sets how many superframes after a switch the old downstream key is still accepted
+    /// (default 8). Call before the first key arrives (installed keys are dropped).
+    pub fn set_downstream_overlap(&mut self, superframes: u64) {
+        self.downstream = OnuDownstream::new(self.session.config().onu, superframes);
+    }
+
+    /// Moves the downstream key state to `superframe` of the ONU's own clock (old keys past
+    /// their overlap window are erased). Call regularly, e.g. with every received frame.
+    pub fn advance_downstream(&mut self, superframe: u64) {
+        self.downstream.advance_to(superframe);
+    }
+
+    /// Opens a downstream frame from the splitter (every ONU sees every ONU's frames): the
+    /// plaintext if it is addressed to this ONU under a key it holds; refused otherwise
+    /// (another ONU's frame, a clear frame, an unknown or expired key).
+    pub fn open_downstream(&mut self, frame: &[u8]) -> Result<Vec<u8>, DownstreamError> {
+        self.downstream.open(frame)
+    }
+
+    /// Opens a frame with this ONU's keys without counting it (diagnostics and tests).
+    pub fn peek_downstream(&self, frame: &[u8]) -> Result<Vec<u8>, DownstreamError> {
+        self.downstream.peek(frame)
+    }
+
+    /// The downstream counters.
+    pub fn downstream_stats(&self) -> &OnuDownstreamStats {
+        self.downstream.stats()
+    }
+
+    /// Mirrors one of the OLT's pool uses: the same bytes are consumed here (durably) —
+    /// exactly where the OLT took them, or the pools diverged and the session stops (fail
+    /// closed) — a downstream key is installed as announced, and the use is acknowledged.
+    fn apply_pool_use(&mut self, u: &qpon_qkd::session::PoolUse) {
+        let Some(purpose) = Purpose::from_code(u.purpose) else {
+            self.pool_failed(qpon_kms::PoolError::Store(format!(
+                "unknown purpose {} in a pool use",
+                u.purpose
+            )));
+            return;
+        };
+        match self.pool.take_named(purpose, u.block, u.offset, u.len as usize) {
+            Ok(key) => {
+                if let Some(sw) = u.switch
+                    && purpose == Purpose::Downstream
+                {
+                    // A key that cannot be installed is counted; the pool still followed.
+                    let _ = self.downstream.install(sw, key.expose());
+                }
+                if self.session.ack_pool_use(u.seq).is_ok() {
+                    self.stats.pool_uses += 1;
+                }
+            }
+            Err(e) => self.pool_failed(e),
         }
     }
 
@@ -221,6 +295,7 @@ impl<P: PulseSource> OnuDriver<P> {
                         }
                     }
                     Event::SlotMap(u) => self.install_slot_map(&u),
+                    Event::PoolUse(u) => self.apply_pool_use(&u),
                     Event::Aborted { reason, .. } | Event::Stopped(reason) => {
                         *self.stats.aborted.entry(format!("{reason:?}")).or_default() += 1;
                     }

@@ -4,7 +4,7 @@ use clap::{Parser, Subcommand};
 use qpon_hw::PulseSource;
 use qpon_node::logging::{self, LogFormat};
 use qpon_onu::config::{BackendKind, DEFAULT_CONFIG, OnuConfig};
-use qpon_onu::service::OnuHandle;
+use qpon_onu::service::{OnuHandle, PoolSource};
 use qpon_onu::status::OnuStatus;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -43,6 +43,17 @@ enum Cmd {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Writes development certificates for the ETSI API (a CA, a server certificate for
+    /// localhost and a client certificate per SAE; mode 0600, never overwritten) and prints
+    /// the `[api]` lines to paste. Not for production.
+    Certs {
+        /// Output directory (created if absent).
+        #[arg(long)]
+        out: PathBuf,
+        /// An SAE ID (the client certificate's CN); repeat for each SAE.
+        #[arg(long = "sae")]
+        saes: Vec<String>,
     },
 }
 
@@ -85,20 +96,29 @@ fn run(cmd: Cmd) -> Result<(), (u8, String)> {
             print!("{}", toml::to_string_pretty(&cfg).map_err(|e| (1, e.to_string()))?);
             Ok(())
         }
+        Cmd::Certs { out, saes } => {
+            let text = qpon_node::api::write_dev_certs(&out, &saes, "onu").map_err(|e| (1, e))?;
+            print!("{text}");
+            Ok(())
+        }
         Cmd::Status { addr, json } => {
             qpon_node::print_status(&addr, json, OnuStatus::to_table).map_err(|e| (1, e))
         }
         Cmd::Run { config } => {
             let cfg = OnuConfig::load(&config).map_err(|e| (2, e.to_string()))?;
             cfg.require_identity().map_err(|e| (2, e.to_string()))?;
+            // What can be checked without starting: the KEK and the API's files.
+            qpon_node::resolve_kek(&cfg.onu.kek_file, "onu.kek_file").map_err(|e| (2, e.to_string()))?;
+            cfg.api.check_files().map_err(|e| (2, e.to_string()))?;
             let source = backend(&cfg)?;
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .map_err(|e| (1, format!("starting the runtime: {e}")))?;
             rt.block_on(async move {
-                let pool = Box::new(qpon_kms::MemoryPool::new());
-                let onu = OnuHandle::start(cfg, source, pool).await.map_err(|e| (2, e.to_string()))?;
+                let onu = OnuHandle::start(cfg, source, PoolSource::Config)
+                    .await
+                    .map_err(|e| (2, e.to_string()))?;
                 qpon_node::shutdown_signal().await;
                 let fin = onu.shutdown().await;
                 tracing::info!(blocks = fin.blocks, secret_bits = fin.secret_bits, "stopped");

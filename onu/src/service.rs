@@ -8,16 +8,27 @@
 //! the OLT re-send what is outstanding. Every session frame is authenticated by the session
 //! itself; the stream adds only a length prefix.
 //!
-//! **Shutdown** ([`OnuHandle::shutdown`]): the task stops between two frames. Blocks reach
-//! the pool only whole, when the OLT's acknowledgement arrives; a block in flight is
-//! never appended (and the OLT, missing the ONU's confirmation, never appends it either).
+//! **Key store** ([`PoolSource::Config`], what the binary uses): `keys.redb` in the data
+//! directory holds the pool and the pad ledger; the session is resumed from it
+//! ([`qpon_kms::KeyStore::resume`]: material, ledger, last committed block and its share
+//! length) before its first input. The ETSI GS QKD 014 API (`[api]`), when enabled,
+//! serves `dec_keys` from the same store.
+//!
+//! **Shutdown** ([`OnuHandle::shutdown`]): the task stops between two frames and the API
+//! stops; every handle on the store is released. Blocks become usable only when committed,
+//! on the OLT's acknowledgement; the pool sync of the next connection settles a block in
+//! flight at both ends.
 
 use crate::OnuDriver;
 use crate::config::OnuConfig;
 use crate::status::OnuStatus;
 use qpon_hw::PulseSource;
-use qpon_kms::KeyPool;
+use qpon_kms::{End, KeyPool, KeyStore};
 pub use qpon_node::StartError;
+use qpon_node::api::{ApiServer, ApiSide};
+pub use qpon_node::store::PoolSource;
+use qpon_node::store::StoreSettings;
+use qpon_node::{ConfigError, PoolFigures};
 use qpon_qkd::session::stream::{Hello, StreamDecoder, encode_frame};
 use qpon_qkd::session::{AuthMaterial, MemoryLedger, OnuSession};
 use qpon_qkd::time::Instant;
@@ -34,10 +45,13 @@ use tracing::{info, warn};
 pub struct OnuHandle {
     /// Where `/metrics` and `/status` are served, if enabled.
     pub metrics_addr: Option<SocketAddr>,
+    /// Where the ETSI GS QKD 014 API is served, if enabled.
+    pub api_addr: Option<SocketAddr>,
     status: Arc<RwLock<OnuStatus>>,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<OnuStatus>,
     http: Option<tokio::task::JoinHandle<()>>,
+    api: Option<ApiServer>,
 }
 
 struct Clock(std::time::Instant);
@@ -50,30 +64,78 @@ impl Clock {
 
 impl OnuHandle {
     /// Starts the service on the current tokio runtime, with `source` as the ONU's QKD
-    /// source and `pool` as its key pool.
+    /// source and its pool from `pools` (the binary: [`PoolSource::Config`], the store in
+    /// `[onu] data_dir`; tests may pass an in-memory pool).
     pub async fn start<P: PulseSource + Send + 'static>(
         cfg: OnuConfig,
         source: P,
-        pool: Box<dyn KeyPool>,
+        pools: PoolSource<Box<dyn KeyPool>>,
     ) -> Result<OnuHandle, StartError> {
         cfg.validate()?;
         let (id, psk_path) = cfg.require_identity()?;
         let psk = qpon_node::read_psk(psk_path)?;
-        let session =
-            OnuSession::new(cfg.session(), AuthMaterial::from_psk(&psk), Box::new(MemoryLedger::new()));
+        let settings = StoreSettings {
+            data_dir: &cfg.onu.data_dir,
+            data_dir_field: "onu.data_dir",
+            kek_file: &cfg.onu.kek_file,
+            kek_field: "onu.kek_file",
+        };
+        let (store, session, pool): (Option<KeyStore>, OnuSession, Box<dyn KeyPool>) =
+            match pools.open(&settings)? {
+                Ok(store) => {
+                    // Resumed before any input: the OLT's pool sync is checked against it.
+                    let r = store
+                        .resume(id, &psk, End::Onu)
+                        .map_err(|e| StartError::Store(format!("resuming ONU {id}: {e}")))?;
+                    let mut session = OnuSession::new(cfg.session(), r.material, Box::new(r.ledger));
+                    session.restore_last_committed(r.last_committed);
+                    (Some(store), session, Box::new(r.pool))
+                }
+                Err(pool) => {
+                    let session = OnuSession::new(
+                        cfg.session(),
+                        AuthMaterial::from_psk(&psk),
+                        Box::new(MemoryLedger::new()),
+                    );
+                    (None, session, pool)
+                }
+            };
+        if cfg.api.enabled() && store.is_none() {
+            return Err(ConfigError::field("api.listen", "the ETSI API needs the key store").into());
+        }
         let driver = OnuDriver::new(session, source, pool);
+        let api = match &store {
+            Some(store) => qpon_node::api::start_api(&cfg.api, ApiSide::Onu(id), store.clone()).await?,
+            None => None,
+        };
+        let api_addr = api.as_ref().map(|a| a.addr);
         let status = Arc::new(RwLock::new(OnuStatus { onu: id, ..OnuStatus::default() }));
         let (metrics_addr, http) = if cfg.onu.metrics_listen.is_empty() {
             (None, None)
         } else {
-            let l = TcpListener::bind(&cfg.onu.metrics_listen)
-                .await
-                .map_err(|source| StartError::Listen { addr: cfg.onu.metrics_listen.clone(), source })?;
+            let l = match TcpListener::bind(&cfg.onu.metrics_listen).await {
+                Ok(l) => l,
+                Err(source) => {
+                    if let Some(a) = api {
+                        a.stop().await;
+                    }
+                    return Err(StartError::Listen { addr: cfg.onu.metrics_listen.clone(), source });
+                }
+            };
             (l.local_addr().ok(), Some(tokio::spawn(qpon_node::serve_status(l, status.clone()))))
         };
         let (stop, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(run(cfg, driver, status.clone(), stop_rx));
-        Ok(OnuHandle { metrics_addr, status, stop, task, http })
+        let task = tokio::spawn(run(cfg, driver, store, status.clone(), stop_rx));
+        Ok(OnuHandle { metrics_addr, api_addr, status, stop, task, http, api })
+    }
+
+    /// Starts the service with an in-memory pool and pad ledger (tests; lost at exit).
+    pub async fn start_in_memory<P: PulseSource + Send + 'static>(
+        cfg: OnuConfig,
+        source: P,
+        pool: Box<dyn KeyPool>,
+    ) -> Result<OnuHandle, StartError> {
+        Self::start(cfg, source, PoolSource::Memory(pool)).await
     }
 
     /// The latest status snapshot.
@@ -81,9 +143,13 @@ impl OnuHandle {
         self.status.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Stops the service and returns the final status.
-    pub async fn shutdown(self) -> OnuStatus {
+    /// Stops the service and returns the final status. When it returns, the service holds
+    /// no handle on the key store any more (it can be opened again).
+    pub async fn shutdown(mut self) -> OnuStatus {
         let _ = self.stop.send(true);
+        if let Some(api) = self.api.take() {
+            api.stop().await;
+        }
         if let Some(h) = &self.http {
             h.abort();
         }
@@ -96,6 +162,7 @@ impl OnuHandle {
 
 fn snapshot<P: PulseSource>(
     d: &OnuDriver<P>,
+    store: Option<&KeyStore>,
     id: u16,
     now: Instant,
     connected: bool,
@@ -103,6 +170,13 @@ fn snapshot<P: PulseSource>(
 ) -> OnuStatus {
     let s = d.stats();
     let up = now.as_secs_f64();
+    let mut pool = PoolFigures::from_pool(d.pool(), s.discarded);
+    if let Some(store) = store {
+        match PoolFigures::from_store(&store.pool(id)) {
+            Ok(f) => pool = f,
+            Err(e) => tracing::debug!(onu = id, error = %e, "pool figures unavailable"),
+        }
+    }
     OnuStatus {
         onu: id,
         uptime_s: up,
@@ -111,9 +185,11 @@ fn snapshot<P: PulseSource>(
         blocks: s.blocks,
         secret_bits: s.secret_bits,
         key_rate_bits_per_s: if up > 0.0 { s.secret_bits as f64 / up } else { 0.0 },
-        pool_bits: d.pool().level_bits(),
+        pool_bits: pool.pool_bits,
+        committed_blocks: pool.committed_blocks,
+        consumed_bytes: pool.consumed_bytes,
         auth_bits_spent: d.session().auth_bits_spent(),
-        discarded: s.discarded,
+        discarded: pool.discarded_blocks,
         refused_frames: s.refused,
         source_errors: s.source_errors,
         aborted: s.aborted.clone(),
@@ -123,6 +199,7 @@ fn snapshot<P: PulseSource>(
 async fn run<P: PulseSource>(
     cfg: OnuConfig,
     mut driver: OnuDriver<P>,
+    store: Option<KeyStore>,
     status: Arc<RwLock<OnuStatus>>,
     mut stop: watch::Receiver<bool>,
 ) -> OnuStatus {
@@ -136,7 +213,7 @@ async fn run<P: PulseSource>(
     let mut connections = 0u64;
     let mut rng = qpon_qkd::rng::os_rng();
     let publish = |d: &OnuDriver<P>, connected: bool, connections: u64| {
-        let s = snapshot(d, id, clock.now(), connected, connections);
+        let s = snapshot(d, store.as_ref(), id, clock.now(), connected, connections);
         *status.write().unwrap_or_else(|e| e.into_inner()) = s.clone();
         s
     };

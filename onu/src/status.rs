@@ -24,9 +24,17 @@ pub struct OnuStatus {
     pub key_rate_bits_per_s: f64,
     /// Unused bits in the pool.
     pub pool_bits: u64,
+    /// Blocks committed to the pool (from the store: since the store was created).
+    #[serde(default)]
+    pub committed_blocks: u64,
+    /// Bytes consumed from the pool, by purpose (from the store; empty for an in-memory
+    /// pool).
+    #[serde(default)]
+    pub consumed_bytes: BTreeMap<String, u64>,
     /// Authentication key spent, bits.
     pub auth_bits_spent: u64,
-    /// Blocks discarded because the OLT did not commit them.
+    /// Blocks discarded because the OLT did not commit them (from the store: since the
+    /// store was created).
     pub discarded: u64,
     /// Frames refused (bad tags, replays, malformed).
     pub refused_frames: u64,
@@ -61,6 +69,12 @@ impl qpon_node::StatusPage for OnuStatus {
         );
         one("pool_bits", "gauge", "Unused key bits in the pool.", self.pool_bits as f64);
         one(
+            "pool_committed_blocks_total",
+            "counter",
+            "Blocks committed to the pool.",
+            self.committed_blocks as f64,
+        );
+        one(
             "auth_bits_spent_total",
             "counter",
             "Authentication key spent, bits.",
@@ -75,6 +89,11 @@ impl qpon_node::StatusPage for OnuStatus {
             self.source_errors as f64,
         );
         one("uptime_seconds", "gauge", "Seconds since start.", self.uptime_s);
+        let _ = writeln!(out, "# HELP qpon_onu_pool_consumed_bytes_total Key bytes consumed, by purpose.");
+        let _ = writeln!(out, "# TYPE qpon_onu_pool_consumed_bytes_total counter");
+        for (p, n) in &self.consumed_bytes {
+            let _ = writeln!(out, "qpon_onu_pool_consumed_bytes_total{{onu=\"{onu}\",purpose=\"{p}\"}} {n}");
+        }
         let _ = writeln!(out, "# HELP qpon_onu_aborted_blocks_total Aborted blocks by reason.");
         let _ = writeln!(out, "# TYPE qpon_onu_aborted_blocks_total counter");
         for (r, n) in &self.aborted {
@@ -88,7 +107,7 @@ impl OnuStatus {
     /// A table for people.
     pub fn to_table(&self) -> String {
         let mut out = String::new();
-        let rows: [(&str, String); 12] = [
+        let rows: [(&str, String); 13] = [
             ("onu", self.onu.to_string()),
             ("connection", if self.connected { "up".into() } else { "down".into() }),
             ("connections", self.connections.to_string()),
@@ -96,6 +115,7 @@ impl OnuStatus {
             ("secret bits", self.secret_bits.to_string()),
             ("key rate, bit/s", format!("{:.0}", self.key_rate_bits_per_s)),
             ("pool bits", self.pool_bits.to_string()),
+            ("committed blocks", self.committed_blocks.to_string()),
             ("auth bits spent", self.auth_bits_spent.to_string()),
             ("discarded blocks", self.discarded.to_string()),
             ("refused frames", self.refused_frames.to_string()),
@@ -103,11 +123,41 @@ impl OnuStatus {
             ("uptime, s", format!("{:.1}", self.uptime_s)),
         ];
         for (k, v) in rows {
-            let _ = writeln!(out, "{k:>18}  {v}");
+            let _ = writeln!(out, "{k:>24}  {v}");
+        }
+        for (p, n) in &self.consumed_bytes {
+            let _ = writeln!(out, "{:>24}  {n}", format!("consumed {p}"));
         }
         for (r, n) in &self.aborted {
-            let _ = writeln!(out, "{:>18}  {n}", format!("aborted {r}"));
+            let _ = writeln!(out, "{:>24}  {n}", format!("aborted {r}"));
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use qpon_node::StatusPage;
+
+    #[test]
+    fn pool_figures_in_metrics_table_and_json() {
+        let s = OnuStatus {
+            onu: 2,
+            committed_blocks: 5,
+            discarded: 1,
+            consumed_bytes: BTreeMap::from([("api".to_string(), 64), ("downstream".to_string(), 0)]),
+            ..OnuStatus::default()
+        };
+        let t = s.to_prometheus();
+        assert!(t.contains("qpon_onu_pool_committed_blocks_total{onu=\"2\"} 5"), "{t}");
+        assert!(t.contains("qpon_onu_pool_consumed_bytes_total{onu=\"2\",purpose=\"api\"} 64"), "{t}");
+        for line in t.lines().filter(|l| !l.starts_with('#')) {
+            let name = line.split(['{', ' ']).next().unwrap();
+            assert!(t.contains(&format!("# TYPE {name} ")), "{name} undeclared");
+        }
+        assert!(s.to_table().contains("consumed api"), "{}", s.to_table());
+        let back: OnuStatus = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+        assert_eq!(back, s);
     }
 }

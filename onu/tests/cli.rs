@@ -4,7 +4,8 @@
 use std::process::Command;
 
 fn onu(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_onu")).args(args).output().expect("onu runs");
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_onu")).env_remove("QPON_KEK").args(args).output().expect("onu runs");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -33,5 +34,32 @@ fn show_config_and_field_errors() {
     let (code, _, err) = onu(&["run", "--config", f.to_str().unwrap()]);
     assert_eq!(code, 2);
     assert!(err.contains("not implemented"), "{err}");
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn store_api_fields_and_certs() {
+    let d = std::env::temp_dir().join(format!("qpon-onu-cli-fields-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    let f = d.join("onu.toml");
+    let p = f.to_str().unwrap();
+    let id = "[onu]\nid = 1\npsk_file = \"k\"\n";
+    for (text, field) in [
+        (format!("{id}kek_file = \"missing\"\n"), "onu.kek_file"),
+        (format!("{id}[[api.sae]]\nonu = 2\nmaster = \"a\"\nslave = \"b\"\n"), "api.sae[0].onu"),
+        (format!("{id}[api]\nlisten = \"127.0.0.1:0\"\ncert_file = \"\"\n"), "api.cert_file"),
+    ] {
+        std::fs::write(&f, &text).unwrap();
+        let (code, _, err) = onu(&["run", "--config", p]);
+        assert_eq!(code, 2, "{text}: {err}");
+        assert!(err.contains(field), "{text}: {err}");
+    }
+    let out = d.join("certs");
+    let (code, text, err) = onu(&["certs", "--out", out.to_str().unwrap(), "--sae", "app-onu-1"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(text.contains("[api]") && out.join("app-onu-1.key").is_file(), "{text}");
+    let (code, _, _) = onu(&["certs", "--out", out.to_str().unwrap()]);
+    assert_ne!(code, 0, "never overwrites");
     let _ = std::fs::remove_dir_all(&d);
 }

@@ -31,6 +31,15 @@
 //!   equalisation is its fibre delay), answers the OLT's map with a tagged acknowledgement
 //!   that authenticates it, and gets slots at the next period. An ONU whose first event is
 //!   a join starts dark.
+//! - **Downstream traffic** ([`PonOptions::downstream`], off by default). Each tick the
+//!   OLT seals `frames_per_s × tick` frames of random payload for every ONU under that
+//!   ONU's current key (rotated from its pool every `rotate_every_superframes`, the switch
+//!   announced over the authenticated channel; `qpon_olt::downstream`) in the superframe
+//!   of the OLT's clock (125 µs). The splitter broadcasts: every ONU driver is handed every
+//!   frame. Each ONU must open exactly its own (payload as sent) and refuse the others';
+//!   an ONU also tries each other ONU's frame with its own key (the header's ONU id
+//!   rewritten to its own) and must not get the plaintext. The report counts all of it
+//!   per ONU ([`DownstreamReport`]), and compares both ends' pool ledgers.
 
 pub use crate::medium::Medium;
 use crate::medium::{Channel, Direction, MediumEvent};
@@ -83,6 +92,71 @@ pub struct PonOptions {
     pub lost_after_periods: u32,
     /// ONUs leaving and joining during the run.
     pub churn: Vec<Churn>,
+    /// Downstream traffic encrypted with pool keys, broadcast through the splitter (off
+    /// by default).
+    pub downstream: Option<DownstreamTraffic>,
+}
+
+/// Downstream traffic of the emulation (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct DownstreamTraffic {
+    /// Frames per second to each ONU.
+    pub frames_per_s: f64,
+    /// Payload bytes of each frame.
+    pub payload_bytes: usize,
+    /// Key rotation interval, superframes (125 µs).
+    pub rotate_every_superframes: u64,
+    /// How far ahead a new key applies, superframes.
+    pub lead_superframes: u64,
+}
+
+impl Default for DownstreamTraffic {
+    fn default() -> Self {
+        Self {
+            frames_per_s: 100.0,
+            payload_bytes: 256,
+            rotate_every_superframes: 8_000,
+            lead_superframes: 400,
+        }
+    }
+}
+
+/// One ONU's downstream figures.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct DownstreamReport {
+    /// Frames the OLT sealed for this ONU.
+    pub frames_sent: u64,
+    /// Payloads the OLT refused to seal (no key yet, traffic stopped): never sent.
+    pub frames_not_sent: u64,
+    /// Own frames the ONU opened with exactly the payload sent.
+    pub frames_opened: u64,
+    /// Own frames the ONU refused or opened to something else (must be 0 once keyed).
+    pub frames_lost: u64,
+    /// Other ONUs' frames this ONU refused.
+    pub others_refused: u64,
+    /// Other ONUs' frames this ONU opened (must be 0).
+    pub others_opened: u64,
+    /// Other ONUs' frames tried with this ONU's own key (header rewritten to its id).
+    pub others_tried_with_own_key: u64,
+    /// Of those, how many gave the other ONU's plaintext (must be 0).
+    pub others_plaintext_recovered: u64,
+    /// Keys the OLT installed and announced.
+    pub keys_installed: u64,
+    /// Key switches the OLT made.
+    pub switches: u64,
+    /// Key switches the ONU saw in its frames.
+    pub switches_seen: u64,
+    /// Pool-empty alarms at the OLT.
+    pub pool_empty_alarms: u64,
+    /// Downstream bytes consumed from the pool at the OLT and at the ONU.
+    pub olt_consumed_bytes: u64,
+    /// (The ONU's may lag by the uses in flight at the end.)
+    pub onu_consumed_bytes: u64,
+    /// Whether the ONU's consumption ledger is a prefix of the OLT's (same purpose,
+    /// block, offset and length, in the same order).
+    pub ledgers_agree: bool,
+    /// Uses announced by the OLT and not yet acknowledged at the end.
+    pub uses_in_flight: u64,
 }
 
 /// What an ONU does in a [`Churn`] event.
@@ -123,6 +197,7 @@ impl Default for PonOptions {
             map_lead_s: 0.05,
             lost_after_periods: ActivationConfig::default().lost_after_periods,
             churn: Vec::new(),
+            downstream: None,
         }
     }
 }
@@ -154,6 +229,8 @@ pub struct OnuReport {
     pub aborted: std::collections::BTreeMap<String, u64>,
     /// Alarms raised for this ONU.
     pub alarms: Vec<String>,
+    /// Downstream traffic figures (with [`PonOptions::downstream`]).
+    pub downstream: Option<DownstreamReport>,
 }
 
 /// Totals over all ONUs.
@@ -322,6 +399,20 @@ pub fn run(pon: &Pon, opts: &PonOptions, mut progress: impl FnMut(f64)) -> PonRe
         olt.range_onu(Instant::ZERO, k as u16, equalisation(k), priors[k]);
     }
     let mut slot_maps: Vec<MapRecord> = Vec::new();
+    let mut traffic = opts.downstream.map(|t| {
+        olt.enable_downstream(qpon_olt::DownstreamConfig {
+            enabled: true,
+            rotate_every_superframes: t.rotate_every_superframes,
+            lead_superframes: t.lead_superframes,
+            ..qpon_olt::DownstreamConfig::default()
+        });
+        Traffic {
+            cfg: t,
+            rng: seeded(opts.seed ^ 0xd0_0d),
+            owed: 0.0,
+            reports: vec![DownstreamReport::default(); n],
+        }
+    });
 
     let mut medium = Channel::new(opts.medium, delays, opts.drop_chance, opts.seed);
     let end = Instant::from_nanos((opts.seconds * 1e9) as u64);
@@ -477,6 +568,9 @@ pub fn run(pon: &Pon, opts: &PonOptions, mut progress: impl FnMut(f64)) -> PonRe
                 }
                 next_status = now + Duration::from_secs(1);
             }
+            if let Some(t) = traffic.as_mut() {
+                t.tick(now, opts.tick_s, &mut olt, &mut onus, &online);
+            }
             next_tick = now + tick;
         }
         if olt_deadline.is_some_and(|t| t <= now) {
@@ -489,7 +583,103 @@ pub fn run(pon: &Pon, opts: &PonOptions, mut progress: impl FnMut(f64)) -> PonRe
     let map = olt.slots().latest().clone();
     let mut r = report(pon, opts, &map, &olt, &olt_pools, &onu_pools, c.packets, c.dropped);
     r.slot_maps = slot_maps;
+    if let Some(t) = traffic {
+        for (k, (o, mut d)) in r.onus.iter_mut().zip(t.reports).enumerate() {
+            let op = olt_pools[k].lock().unwrap_or_else(|e| e.into_inner());
+            let up = onu_pools[k].lock().unwrap_or_else(|e| e.into_inner());
+            let purpose = qpon_kms::Purpose::Downstream;
+            d.olt_consumed_bytes = qpon_kms::KeyPool::consumed_bytes(&*op, purpose);
+            d.onu_consumed_bytes = qpon_kms::KeyPool::consumed_bytes(&*up, purpose);
+            d.ledgers_agree =
+                up.ledger().len() <= op.ledger().len() && op.ledger()[..up.ledger().len()] == *up.ledger();
+            if let Some(l) = olt.onu(k as u16) {
+                d.uses_in_flight = l.session.pool_uses_unacked();
+                if let Some(s) = l.downstream().map(|x| x.stats()) {
+                    d.keys_installed = s.keys_installed;
+                    d.switches = s.switches;
+                    d.pool_empty_alarms = s.pool_empty_alarms;
+                }
+            }
+            d.switches_seen = onus[k].downstream_stats().switches_seen;
+            o.downstream = Some(d);
+        }
+    }
     r
+}
+
+/// The downstream traffic generator and checker of a run.
+struct Traffic {
+    cfg: DownstreamTraffic,
+    rng: ChaCha20Rng,
+    /// Frames per ONU owed (fractional part carried between ticks).
+    owed: f64,
+    reports: Vec<DownstreamReport>,
+}
+
+/// Superframe length, ns (125 µs).
+const SUPERFRAME_NS: u64 = 125_000;
+
+impl Traffic {
+    /// One tick: rotate keys, seal this tick's frames for every ONU, broadcast each to
+    /// every ONU (the splitter) and check what each ONU gets out of it.
+    fn tick(
+        &mut self,
+        now: Instant,
+        tick_s: f64,
+        olt: &mut OltDriver<ChaCha20Rng>,
+        onus: &mut [OnuDriver<SimSource>],
+        online: &[bool],
+    ) {
+        let sf = now.as_nanos() / SUPERFRAME_NS;
+        olt.downstream_tick(now, sf);
+        for d in onus.iter_mut() {
+            d.advance_downstream(sf);
+        }
+        self.owed += self.cfg.frames_per_s * tick_s;
+        let count = self.owed.floor() as usize;
+        self.owed -= count as f64;
+        let n = onus.len();
+        for _ in 0..count {
+            for k in 0..n {
+                let mut payload = vec![0u8; self.cfg.payload_bytes];
+                rand::Rng::fill_bytes(&mut self.rng, &mut payload);
+                let frame = match olt.seal_downstream(k as u16, sf, &payload) {
+                    Ok(f) => f,
+                    Err(_) => {
+                        self.reports[k].frames_not_sent += 1;
+                        continue;
+                    }
+                };
+                self.reports[k].frames_sent += 1;
+                // The splitter: every (online) ONU sees the frame.
+                for (j, d) in onus.iter_mut().enumerate() {
+                    if !online[j] {
+                        continue;
+                    }
+                    let r = &mut self.reports[j];
+                    if j == k {
+                        match d.open_downstream(&frame) {
+                            Ok(p) if p == payload => r.frames_opened += 1,
+                            _ => r.frames_lost += 1,
+                        }
+                        continue;
+                    }
+                    match d.open_downstream(&frame) {
+                        Ok(_) => r.others_opened += 1,
+                        Err(_) => r.others_refused += 1,
+                    }
+                    // The same frame with its header claiming to be ours: our own key on
+                    // another ONU's ciphertext.
+                    let mut forged = frame.clone();
+                    forged[0..2].copy_from_slice(&(j as u16).to_be_bytes());
+                    r.others_tried_with_own_key += 1;
+                    if d.peek_downstream(&forged).is_ok_and(|p| p == payload) {
+                        r.others_plaintext_recovered += 1;
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// The OLT's scheduling settings for the emulation: the scenario's frame and guard, the
@@ -584,6 +774,7 @@ fn report(
             blocks_agreeing: agreeing,
             aborted: s.aborted.clone(),
             alarms: olt.alarms(k as u16).map(|a| a.to_string()).collect(),
+            downstream: None,
         });
     }
     let aggregate = Aggregate {

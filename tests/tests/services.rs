@@ -5,7 +5,7 @@
 
 use qpon_kms::{KeyPool, MemoryPool};
 use qpon_olt::config::OltConfig;
-use qpon_olt::service::{OltHandle, OltParts};
+use qpon_olt::service::{OltHandle, OltParts, PoolSource};
 use qpon_olt::status::OltStatus;
 use qpon_onu::config::OnuConfig;
 use qpon_onu::service::OnuHandle;
@@ -115,7 +115,11 @@ fn olt_and_onus_over_tcp_agree_serve_metrics_and_survive_a_cut() {
             .collect();
         let olt = OltHandle::start(
             cfg.clone(),
-            OltParts { detector: Box::new(sim.detector()), slot_map: Some(mux_map(&pon)), pools },
+            OltParts {
+                detector: Box::new(sim.detector()),
+                slot_map: Some(mux_map(&pon)),
+                pools: PoolSource::Memory(pools),
+            },
         )
         .await
         .expect("the OLT starts");
@@ -129,7 +133,9 @@ fn olt_and_onus_over_tcp_agree_serve_metrics_and_survive_a_cut() {
         let mut onus = Vec::new();
         for (k, pool) in onu_pools.iter().enumerate() {
             let c = onu_config(&dir, &cfg, k as u16, relay_addr);
-            let h = OnuHandle::start(c, sim.source(k), Box::new(pool.clone())).await.expect("ONU starts");
+            let h = OnuHandle::start_in_memory(c, sim.source(k), Box::new(pool.clone()))
+                .await
+                .expect("ONU starts");
             onus.push(h);
         }
 
@@ -222,7 +228,7 @@ fn one_olt_serves_128_onus() {
             OltParts {
                 detector: Box::new(sim.detector()),
                 slot_map: Some(mux_map(&pon)),
-                pools: BTreeMap::new(),
+                pools: PoolSource::Memory(BTreeMap::new()),
             },
         )
         .await
@@ -231,8 +237,9 @@ fn one_olt_serves_128_onus() {
         for k in 0..N {
             let mut c = onu_config(&dir, &cfg, k as u16, olt.local_addr);
             c.onu.metrics_listen = String::new();
-            let h =
-                OnuHandle::start(c, sim.source(k), Box::new(MemoryPool::new())).await.expect("ONU starts");
+            let h = OnuHandle::start_in_memory(c, sim.source(k), Box::new(MemoryPool::new()))
+                .await
+                .expect("ONU starts");
             onus.push(h);
         }
         wait_for("128 ONUs connected and active", Duration::from_secs(60), || {

@@ -288,8 +288,16 @@ fn subject_cn_of_dev_certificates() {
         let mode = std::fs::metadata(&certs.saes[0].2).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         assert_eq!(std::fs::metadata(&certs.server_key).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(std::fs::metadata(&certs.ca).unwrap().permissions().mode() & 0o777, 0o600);
     }
     assert!(dev_certs(&dir.0, &["../x"]).is_err());
+    // Never overwritten, and nothing written when any file of the set exists.
+    let ca_before = std::fs::read(&certs.ca).unwrap();
+    let e = dev_certs(&dir.0, &["sae-2", "sae-1"]).unwrap_err();
+    assert!(e.to_string().contains("sae-1.pem") || e.to_string().contains("ca.pem"), "{e}");
+    assert_eq!(std::fs::read(&certs.ca).unwrap(), ca_before);
+    assert!(!dir.0.join("sae-2.pem").exists());
+    assert!(matches!(dev_certs(&dir.0.join("d"), &["a", "a"]), Err(EtsiConfigError::DuplicateSae(_))));
     assert!(
         SaeMap::new(vec![
             SaePair { master: "a".into(), slave: "b".into(), onu: 1 },

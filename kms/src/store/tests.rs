@@ -806,3 +806,46 @@ fn kek_loading() {
     drop(encrypted(&path, Some(Kek::from_file(&f).unwrap())).unwrap());
     assert!(encrypted(&path, Some(Kek::from_hex(hex).unwrap())).is_ok());
 }
+
+#[test]
+fn consume_at_mirrors_the_peer_and_refuses_a_drifted_cursor() {
+    let dir = TempDir::new();
+    let a = KeyStore::open(dir.file("a.redb")).unwrap();
+    let b = KeyStore::open(dir.file("b.redb")).unwrap();
+    let (pa, pb) = (a.pool(3), b.pool(3));
+    for (n, bits) in [(1u128, 8 * 20), (2, 8 * 64)] {
+        pa.append_block(id(n), &block(n as u64, bits)).unwrap();
+        pb.append_block(id(n), &block(n as u64, bits)).unwrap();
+    }
+    // The OLT's cursor: 16 bytes from block 1, then 16 more skip block 1's tail.
+    let c1 = pa.consume(Purpose::Downstream, 16).unwrap();
+    let c2 = pa.consume(Purpose::Downstream, 16).unwrap();
+    assert_eq!((c1.block, c1.offset, c2.block, c2.offset), (id(1), 0, id(2), 0));
+    // The mirror: wrong place refused, nothing changes.
+    let before = pb.totals().unwrap();
+    assert!(matches!(
+        pb.consume_at(Purpose::Downstream, id(2), 0, 16),
+        Err(StoreError::CursorDiverged { .. })
+    ));
+    assert!(matches!(
+        pb.consume_at(Purpose::Downstream, id(9), 0, 16),
+        Err(StoreError::CursorDiverged { .. })
+    ));
+    assert_eq!(pb.totals().unwrap(), before);
+    assert_eq!(pb.ledger().unwrap().count(), 0);
+    // In order, the same bytes.
+    assert_eq!(pb.consume_at(Purpose::Downstream, id(1), 0, 16).unwrap().expose(), c1.key.expose());
+    assert_eq!(pb.consume_at(Purpose::Downstream, id(2), 0, 16).unwrap().expose(), c2.key.expose());
+    let strip =
+        |p: &StorePool| p.ledger().unwrap().map(|e| (e.kind, e.block, e.offset, e.len)).collect::<Vec<_>>();
+    assert_eq!(strip(&pa), strip(&pb));
+    assert_eq!(pa.totals().unwrap(), pb.totals().unwrap());
+    assert_eq!(pb.consumptions(Purpose::Downstream).unwrap(), vec![(id(1), 0, 16), (id(2), 0, 16)]);
+    // Through the KeyPool trait.
+    let (mut ka, mut kb): (Box<dyn KeyPool>, Box<dyn KeyPool>) = (Box::new(pa), Box::new(pb));
+    let (blk, off, key) = ka.take(Purpose::Downstream, 16).unwrap();
+    assert_eq!(kb.take_named(Purpose::Downstream, blk, off, 16).unwrap().expose(), key.expose());
+    assert_eq!(ka.consumed_bytes(Purpose::Downstream), 48);
+    assert_eq!(kb.consumed_bytes(Purpose::Downstream), 48);
+    assert!(matches!(ka.take(Purpose::Downstream, 64), Err(PoolError::Exhausted { .. })));
+}

@@ -379,7 +379,6 @@ mod tests {
         assert!(!format!("{a:?}").contains("[7"));
     }
 
-
     #[test]
     fn removed_share_keeps_positions_and_never_repeats_used_units() {
         let psk = SecretBytes::new(vec![1u8; 224]);

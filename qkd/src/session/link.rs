@@ -18,8 +18,8 @@
 //! across resets still fail, because their tags' pads are below the ledger's high-water
 //! mark and their untagged frames break the next tag.
 //!
-//! **Control messages** (slot maps and their acknowledgements, kinds 7 and 21) belong to no
-//! block: they may arrive in the middle of one, be lost and retransmitted on their own
+//! **Control messages** (slot maps, pool syncs, pool uses and their acknowledgements, kinds
+//! 7, 8, 9, 21, 23 and 24) belong to no block: they may arrive in the middle of one, be lost and retransmitted on their own
 //! schedule, so they stay out of every transcript (otherwise a lost slot map would make
 //! the two ends' transcripts differ and break the block's next tag). A tagged control frame
 //! carries its own tag over its header and body alone, with the next pad of its direction's
@@ -29,6 +29,7 @@
 //! below the ledger's high-water mark and is refused, and every retransmission is a new
 //! frame with a fresh pad. A slot map must be tagged; an acknowledgement may be untagged
 //! (it only stops retransmissions: forging one achieves no more than dropping the map).
+//! Pool syncs, pool uses and their acknowledgements must be tagged: they move pools.
 //!
 //! Pads of one direction are taken in increasing order and a receiver refuses any pad below
 //! its high-water mark, so a control tag must never overtake a tagged block frame that may
@@ -426,7 +427,15 @@ impl Link {
         let msg = Message::decode(repr.kind, repr.direction, frame.body())?;
         let Some((epoch, index, _)) = repr.auth else {
             // Whoever can inject frames must not be able to move an ONU's slots.
-            if matches!(msg, Message::SlotMap(_) | Message::PoolSync(_) | Message::PoolSyncAck(_)) {
+            // Nor make either end's pool move (pool uses and their acknowledgements).
+            if matches!(
+                msg,
+                Message::SlotMap(_)
+                    | Message::PoolSync(_)
+                    | Message::PoolSyncAck(_)
+                    | Message::PoolUse(_)
+                    | Message::PoolUseAck(_)
+            ) {
                 return Err(LinkError::MissingTag(msg.name()));
             }
             return Ok(Received::Message { msg, authenticated: false });

@@ -17,14 +17,16 @@
 //! | 6, 20 | both | [`Abort`]: the block is abandoned, with a reason | no |
 //! | 7 | OLT → ONU | [`SlotMapUpdate`]: the ONU's view of a new slot map (control) | always |
 //! | 8 | OLT → ONU | [`PoolSync`]: pool resynchronisation on a new connection (control) | always |
+//! | 9 | OLT → ONU | [`PoolUse`]: a consumption of the ONU's pool to mirror (control) | always |
 //! | 17 | ONU → OLT | [`SiftAnswer`]: match + intensity codes, test bits | no |
 //! | 18 | ONU → OLT | [`ReconcileAnswer`]: reconciliation replies | no |
 //! | 19 | ONU → OLT | [`Confirm`]: the ONU holds the block | yes |
 //! | 21 | ONU → OLT | [`SlotMapAck`]: the ONU installed a slot map (control) | when safe |
 //! | 22 | ONU → OLT | [`Committed`]: the ONU committed the block; the OLT commits it | yes |
 //! | 23 | ONU → OLT | [`PoolSyncAck`]: the ONU's pool agrees with the OLT's (control) | always |
+//! | 24 | ONU → OLT | [`PoolUseAck`]: the ONU applied every use up to a number (control) | always |
 //!
-//! Kinds 7, 8, 21 and 23 are *control* messages: they belong to no block and stay out of the
+//! Kinds 7, 8, 9, 21, 23 and 24 are *control* messages: they belong to no block and stay out of the
 //! block transcripts (see [`super::link`] for how they are authenticated and why the
 //! acknowledgement is tagged only when that cannot disturb a block).
 
@@ -227,6 +229,48 @@ pub struct PoolSync {
 pub struct PoolSyncAck {
     /// The offered block, if the ONU held it and committed it.
     pub kept: Option<Uuid>,
+    /// The number of the last [`PoolUse`] the ONU has applied (0: none): the OLT re-sends
+    /// the uses after it (e.g. after either end restarted).
+    pub uses_applied: u64,
+}
+
+/// A key switch carried by a [`PoolUse`] (XGS-PON's Key_Control / Key_Switching_Time in
+/// one): the consumed bytes are the next downstream key, loaded into key slot `slot`
+/// (0 or 1: key index `01` or `10`) and used from superframe `from_superframe` on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeySwitch {
+    /// Key slot, 0 or 1.
+    pub slot: u8,
+    /// First superframe (OLT time base) under the new key.
+    pub from_superframe: u64,
+}
+
+/// OLT → ONU, control, always tagged: the OLT consumed `len` bytes of the ONU's pool at
+/// (`block`, `offset`) for `purpose`; the ONU consumes the same bytes (its cursor must be
+/// exactly there, or the pools have diverged) and acknowledges. Numbered from 1 without
+/// gaps; retransmitted (each time with a fresh pad) until acknowledged.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolUse {
+    /// Use number (1, 2, … per ONU; the ONU applies them in this order, each once).
+    pub seq: u64,
+    /// What the bytes are for (`qpon-kms`'s purpose code).
+    pub purpose: u8,
+    /// The block the bytes come from.
+    pub block: Uuid,
+    /// First byte within the block.
+    pub offset: u64,
+    /// Number of bytes.
+    pub len: u32,
+    /// For a downstream key: the slot and the switch superframe.
+    pub switch: Option<KeySwitch>,
+}
+
+/// ONU → OLT, control, always tagged: the ONU applied (durably) every [`PoolUse`] up to
+/// and including `seq`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolUseAck {
+    /// The last use applied.
+    pub seq: u64,
 }
 
 /// Any session message.
@@ -248,6 +292,8 @@ pub enum Message {
     Committed(Committed),
     PoolSync(PoolSync),
     PoolSyncAck(PoolSyncAck),
+    PoolUse(PoolUse),
+    PoolUseAck(PoolUseAck),
 }
 
 /// Why a body could not be decoded.
@@ -280,13 +326,15 @@ impl Message {
             Message::PoolSync(_) => 8,
             Message::Committed(_) => 22,
             Message::PoolSyncAck(_) => 23,
+            Message::PoolUse(_) => 9,
+            Message::PoolUseAck(_) => 24,
         }
     }
 
-    /// Whether frames of `kind` carry control messages (slot maps, pool syncs and their
+    /// Whether frames of `kind` carry control messages (slot maps, pool syncs, pool uses and their
     /// acknowledgements): outside every block and its transcript.
     pub fn is_control_kind(kind: u8) -> bool {
-        matches!(kind, 7 | 8 | 21 | 23)
+        matches!(kind, 7 | 8 | 9 | 21 | 23 | 24)
     }
 
     /// Whether this is a control message (see [`Message::is_control_kind`]).
@@ -311,6 +359,8 @@ impl Message {
             Message::Committed(_) => "committed",
             Message::PoolSync(_) => "pool_sync",
             Message::PoolSyncAck(_) => "pool_sync_ack",
+            Message::PoolUse(_) => "pool_use",
+            Message::PoolUseAck(_) => "pool_use_ack",
         }
     }
 
@@ -333,9 +383,12 @@ impl Message {
             Message::ReconcileAnswer(m) => m.block,
             Message::Confirm(m) => m.block,
             Message::Committed(m) => m.block,
-            Message::SlotMap(_) | Message::SlotMapAck(_) | Message::PoolSync(_) | Message::PoolSyncAck(_) => {
-                0
-            }
+            Message::SlotMap(_)
+            | Message::SlotMapAck(_)
+            | Message::PoolSync(_)
+            | Message::PoolSyncAck(_)
+            | Message::PoolUse(_)
+            | Message::PoolUseAck(_) => 0,
         }
     }
 
@@ -362,6 +415,8 @@ impl Message {
             Message::Committed(m) => enc(m, out),
             Message::PoolSync(m) => enc(m, out),
             Message::PoolSyncAck(m) => enc(m, out),
+            Message::PoolUse(m) => enc(m, out),
+            Message::PoolUseAck(m) => enc(m, out),
         }
     }
 
@@ -389,6 +444,8 @@ impl Message {
             (Direction::Downstream, 8) => Message::PoolSync(dec(body, "pool_sync")?),
             (Direction::Upstream, 22) => Message::Committed(dec(body, "committed")?),
             (Direction::Upstream, 23) => Message::PoolSyncAck(dec(body, "pool_sync_ack")?),
+            (Direction::Downstream, 9) => Message::PoolUse(dec(body, "pool_use")?),
+            (Direction::Upstream, 24) => Message::PoolUseAck(dec(body, "pool_use_ack")?),
             _ => return Err(DecodeError::UnknownKind(kind)),
         };
         Ok(m)
@@ -419,7 +476,24 @@ mod tests {
             Message::Committed(Committed { block: 3, block_id: Uuid::from_u128(9) }),
             Message::PoolSync(PoolSync { last_committed: Some(Uuid::from_u128(8)), offer: None }),
             Message::PoolSync(PoolSync { last_committed: None, offer: Some(Uuid::from_u128(9)) }),
-            Message::PoolSyncAck(PoolSyncAck { kept: Some(Uuid::from_u128(9)) }),
+            Message::PoolSyncAck(PoolSyncAck { kept: Some(Uuid::from_u128(9)), uses_applied: 4 }),
+            Message::PoolUse(PoolUse {
+                seq: 3,
+                purpose: 1,
+                block: Uuid::from_u128(5),
+                offset: 48,
+                len: 16,
+                switch: Some(KeySwitch { slot: 1, from_superframe: 80_000 }),
+            }),
+            Message::PoolUse(PoolUse {
+                seq: 4,
+                purpose: 1,
+                block: Uuid::from_u128(5),
+                offset: 64,
+                len: 16,
+                switch: None,
+            }),
+            Message::PoolUseAck(PoolUseAck { seq: 4 }),
         ];
         for m in msgs {
             let mut body = Vec::new();

@@ -61,6 +61,39 @@
 //! the peer's acknowledgement leaves the block discarded (and recorded so) on both ends,
 //! and no block is ever usable at one end only. No block runs before the sync is done.
 //!
+//! # Pool use
+//! Consumers at the two ends must take the *same* bytes of the pool for the same purpose
+//! (e.g. the next downstream key of an ONU). The OLT is the only end that decides a
+//! consumption: its driver consumes (durably, recorded in its pool's ledger) and calls
+//! [`OltSession::announce_use`]; the session sends a [`message::PoolUse`] (control, always
+//! tagged: purpose, block, offset, length, and for a downstream key the slot and switch
+//! superframe, like XGS-PON's Key_Control / Key_Switching_Time) numbered 1, 2, … without
+//! gaps. The ONU session hands each use to its driver once, in order
+//! ([`Event::PoolUse`]; a duplicate is re-acknowledged, a gap refused, an untagged or
+//! forged use refused by the link); the driver consumes the named bytes with its own
+//! cursor — a pool that is not at exactly that place has diverged and fails closed — and
+//! calls [`OnuSession::ack_pool_use`]. One tagged [`message::PoolUseAck`] acknowledges
+//! every use up to its number (several uses applied together cost one upstream pad). The
+//! OLT re-sends unacknowledged uses every `rto` (fresh pad each time, at most
+//! `max_retries` rounds, then it waits for an answer or a new connection), and after every
+//! pool sync from the number the ONU reports applied in its [`message::PoolSyncAck`] (so
+//! a restarted ONU that counts its mirrored consumptions, or a restarted OLT that
+//! rebuilt its recent uses from the ledger with [`OltSession::restore_pool_uses`], catch
+//! up without applying anything twice).
+//!
+//! **Authentication budget.** Each use costs one downstream pad (16 B with Poly1305) and
+//! its acknowledgement one upstream pad, plus one of each per retransmission (several uses
+//! applied together share one acknowledgement). A block with per-phase tags spends one
+//! hash key, 3 downstream pads (`Estimate`, `Finish`, `Ack`) and 2 upstream pads
+//! (`Confirm`, `Committed`); its authentication share, split by [`SPLIT`], must cover that
+//! plus everything between blocks (pool syncs, slot maps, key switches and their
+//! retransmissions). With the default 224-byte share split 2:3:2 (a spare hash key, 6 pads
+//! down, 4 up) the surplus is 3 pads down and 2 up per block: **about two key switches
+//! per block** with room to spare for slot maps and reconnections. The OLT holds uses while its
+//! downstream reserve is at a block's floor (4 pads + 1), the ONU its acknowledgement at 3
+//! pads, so uses never starve a block; a backlog then waits for the next block's share.
+//! Rotate every few blocks, never every frame: a tag per switch makes that impossible.
+//!
 //! The first [`SessionConfig::auth_share_bytes`] of every block refill the
 //! authentication reserve on both ends; the rest is the key block. A block whose ℓ does
 //! not exceed the share is discarded (reason [`AbortReason::BoundZero`]).
@@ -78,10 +111,11 @@ pub use auth::{AuthError, AuthLedger, AuthMaterial, LedgerEntry, MemoryLedger, P
 pub use frame::{Direction, Frame, FrameError, FrameRepr, HEADER_LEN, MAX_TAG_LEN, VERSION};
 pub use link::{AuthPolicy, Link, LinkError, MAX_AHEAD, Received};
 pub use message::{
-    Abort, AbortReason, Ack, Announce, Committed, Confirm, DecodeError, Estimate, Finish, Message, PoolSync,
-    PoolSyncAck, Reconcile, ReconcileAnswer, SiftAnswer, SlotMapAck, SlotMapUpdate,
+    Abort, AbortReason, Ack, Announce, Committed, Confirm, DecodeError, Estimate, Finish, KeySwitch, Message,
+    PoolSync, PoolSyncAck, PoolUse, PoolUseAck, Reconcile, ReconcileAnswer, SiftAnswer, SlotMapAck,
+    SlotMapUpdate,
 };
-pub use olt::OltSession;
+pub use olt::{OltSession, USE_LOG, USE_WINDOW};
 pub use onu::OnuSession;
 
 use crate::bits::BitBlock;
@@ -297,6 +331,11 @@ pub enum Event {
         /// The last block both ends hold committed.
         last_committed: Option<Uuid>,
     },
+    /// ONU: the OLT consumed these bytes of the pool (authenticated; each use once, in
+    /// order). The driver consumes the same bytes — exactly at `block`/`offset`, or the
+    /// pools diverged — applies the use (e.g. installs the downstream key), and then calls
+    /// `OnuSession::ack_pool_use(seq)`.
+    PoolUse(message::PoolUse),
     /// The session stopped and will do nothing more.
     Stopped(AbortReason),
 }

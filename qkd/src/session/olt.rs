@@ -5,7 +5,8 @@ use super::auth::{AuthLedger, AuthMaterial};
 use super::frame::Direction;
 use super::link::{Link, LinkError, Received};
 use super::message::{
-    Abort, AbortReason, Ack, Announce, Estimate, Finish, Message, Reconcile, SlotMapAck, SlotMapUpdate,
+    Abort, AbortReason, Ack, Announce, Estimate, Finish, Message, PoolUse, Reconcile, SlotMapAck,
+    SlotMapUpdate,
 };
 use super::queue::Queues;
 use super::{Alarm, BlockStats, Event, KeyBlock, SessionConfig, SessionError, SiftTotals};
@@ -84,6 +85,28 @@ struct ControlOut {
     sent: u32,
 }
 
+/// Pool uses sent at most this far ahead of the ONU's acknowledgement.
+pub const USE_WINDOW: u64 = 8;
+/// Uses kept for re-sending after the ONU restarted (acknowledged ones included).
+pub const USE_LOG: usize = 1024;
+
+/// The pool uses announced to the ONU (see [`OltSession::announce_use`]).
+#[derive(Default)]
+struct Uses {
+    /// The newest uses, in order, without gaps (acknowledged ones too, up to [`USE_LOG`]).
+    log: VecDeque<PoolUse>,
+    /// The next number to allocate − 1.
+    last: u64,
+    /// The last use the ONU acknowledged (tagged).
+    acked: u64,
+    /// The highest use sent on this connection.
+    sent: u64,
+    /// Retransmission timer of the unacknowledged uses.
+    deadline: Option<Instant>,
+    /// Retransmission rounds without progress.
+    rounds: u32,
+}
+
 /// The OLT's session with one ONU. See the [module docs](super) for the method families
 /// and the call order.
 pub struct OltSession<R: CryptoRng> {
@@ -109,6 +132,7 @@ pub struct OltSession<R: CryptoRng> {
     /// A provisional block whose `Committed` the broken connection may have carried: offered
     /// to the ONU in the next pool sync.
     offer: Option<Held>,
+    uses: Uses,
 }
 
 impl<R: CryptoRng> core::fmt::Debug for OltSession<R> {
@@ -155,6 +179,7 @@ impl<R: CryptoRng> OltSession<R> {
             peer_tags: 0,
             sync: SyncState::Needed,
             offer: None,
+            uses: Uses::default(),
         }
     }
 
@@ -262,6 +287,10 @@ impl<R: CryptoRng> OltSession<R> {
             }
             self.flush_sync(now, true);
         }
+        // Unacknowledged pool uses go out again once the new connection's sync is done.
+        self.uses.sent = self.uses.acked;
+        self.uses.deadline = None;
+        self.uses.rounds = 0;
         // A slot map not yet acknowledged goes out again on the new connection.
         if let Some(c) = self.control.as_mut() {
             c.deadline = None;
@@ -292,6 +321,126 @@ impl<R: CryptoRng> OltSession<R> {
     /// The version of the slot map waiting to be sent or acknowledged, if any.
     pub fn slot_map_pending(&self) -> Option<u32> {
         self.control.as_ref().map(|c| c.update.version)
+    }
+
+    /// Announces a consumption of the ONU's pool that the driver has just made (durably) at
+    /// this end: the ONU mirrors it, in order, so both pools' cursors and ledgers stay
+    /// identical (see [`super`], "Pool use"). The session numbers it (`u.seq` is ignored)
+    /// and returns its number. Sent on the control path — tagged, out of every block —
+    /// once the connection's pool sync is done, and re-sent (fresh pad each time) until
+    /// the ONU acknowledges it; held, like slot maps, while a tagged request awaits its
+    /// reply, and while this end's pad reserve is at the block's floor.
+    ///
+    /// Refused (nothing announced) when the session has stopped or [`USE_LOG`] uses await
+    /// acknowledgement: check [`pool_uses_unacked`](Self::pool_uses_unacked) before
+    /// consuming.
+    pub fn announce_use(&mut self, now: Instant, mut u: PoolUse) -> Result<u64, SessionError> {
+        if self.is_stopped() {
+            return Err(SessionError::Stopped);
+        }
+        if self.pool_uses_unacked() >= USE_LOG as u64 {
+            return Err(SessionError::ApiMisuse("too many pool uses await acknowledgement"));
+        }
+        self.uses.last += 1;
+        u.seq = self.uses.last;
+        self.uses.log.push_back(u);
+        while self.uses.log.len() > USE_LOG {
+            self.uses.log.pop_front();
+        }
+        if self.uses.deadline.is_none() {
+            self.uses.rounds = 0;
+        }
+        self.flush_uses(now);
+        Ok(self.uses.last)
+    }
+
+    /// After a restart: the number of pool uses made so far for this ONU and the newest of
+    /// them (rebuilt from the pool's ledger, without key switches), so uses the ONU has not
+    /// applied can be re-sent once its pool sync says how far it got. Call before the
+    /// first input.
+    pub fn restore_pool_uses(&mut self, last: u64, recent: Vec<PoolUse>) {
+        self.uses.last = last;
+        self.uses.acked = last;
+        self.uses.sent = last;
+        self.uses.log = recent.into_iter().filter(|u| u.seq <= last).collect();
+    }
+
+    /// The last pool use announced and the last one the ONU acknowledged.
+    pub fn pool_uses(&self) -> (u64, u64) {
+        (self.uses.last, self.uses.acked)
+    }
+
+    /// Pool uses announced and not yet acknowledged.
+    pub fn pool_uses_unacked(&self) -> u64 {
+        self.uses.last - self.uses.acked
+    }
+
+    fn flush_uses(&mut self, now: Instant) {
+        if let Err(e) = self.try_flush_uses(now) {
+            self.fail(now, e);
+        }
+    }
+
+    /// Sends the uses due: new ones (up to [`USE_WINDOW`] beyond the acknowledged one), or
+    /// all unacknowledged ones when the retransmission timer fired.
+    fn try_flush_uses(&mut self, now: Instant) -> Result<(), LinkError> {
+        if self.is_stopped() || self.tagged_in_flight() || self.sync != SyncState::Done {
+            return Ok(());
+        }
+        let u = &self.uses;
+        if u.last <= u.acked {
+            self.uses.deadline = None;
+            return Ok(());
+        }
+        let due = u.deadline.is_some_and(|d| now >= d);
+        if due && u.rounds >= self.cfg.max_retries {
+            // Hold until the ONU answers or a new connection (every retransmission costs a
+            // pad at both ends).
+            self.uses.deadline = None;
+            return Ok(());
+        }
+        let from = if due { u.acked + 1 } else { u.sent.max(u.acked) + 1 };
+        let to = u.last.min(u.acked + USE_WINDOW);
+        if from > to {
+            return Ok(());
+        }
+        let pad = self.cfg.mac.pad_len() as u64;
+        for seq in from..=to {
+            // Keep the pads a block needs (see `reserve_ok`).
+            if self.link.reserve().1 < 5 * pad {
+                break;
+            }
+            let Some(msg) = self.uses.log.iter().find(|x| x.seq == seq).cloned() else {
+                // Not in the log (too old): the ONU cannot catch up (fail closed).
+                self.pool_failed(now);
+                return Ok(());
+            };
+            let bytes = self.send_control(&Message::PoolUse(msg), due && seq == from)?;
+            self.q.frame(bytes);
+            self.uses.sent = self.uses.sent.max(seq);
+        }
+        if due {
+            self.uses.rounds += 1;
+        }
+        self.uses.deadline = Some(now + self.cfg.rto);
+        Ok(())
+    }
+
+    /// The ONU applied every use up to `seq` (authenticated).
+    fn on_use_ack(&mut self, now: Instant, seq: u64) -> Result<(), SessionError> {
+        if seq > self.uses.last {
+            return Err(SessionError::PeerMisbehaved(format!(
+                "pool use {seq} acknowledged, only {} announced",
+                self.uses.last
+            )));
+        }
+        if seq > self.uses.acked {
+            self.uses.acked = seq;
+            self.uses.rounds = 0;
+            self.uses.deadline = None;
+            self.flush_uses(now);
+        }
+        Ok(())
     }
 
     /// Forgets the slot map waiting to be acknowledged (e.g. the ONU was declared lost).
@@ -395,7 +544,7 @@ impl<R: CryptoRng> OltSession<R> {
 
     /// The ONU answered the pool sync: commit or discard the offered block, and let blocks
     /// run.
-    fn on_sync_ack(&mut self, now: Instant, kept: Option<Uuid>) -> Result<(), SessionError> {
+    fn on_sync_ack(&mut self, now: Instant, kept: Option<Uuid>, applied: u64) -> Result<(), SessionError> {
         if !matches!(self.sync, SyncState::Sent { .. } | SyncState::GaveUp) {
             // A late duplicate: the sync is settled.
             return Ok(());
@@ -409,7 +558,21 @@ impl<R: CryptoRng> OltSession<R> {
         } else if kept.is_some() {
             return Err(SessionError::PeerMisbehaved("pool sync kept a block that was not offered".into()));
         }
+        if applied > self.uses.last {
+            // The ONU mirrored consumptions this end never made: the pools have diverged.
+            self.pool_failed(now);
+            return Err(SessionError::PeerMisbehaved(format!(
+                "the ONU applied pool use {applied}, only {} announced",
+                self.uses.last
+            )));
+        }
+        // Re-send from what the ONU applied (it may have restarted, or we did).
+        self.uses.acked = applied;
+        self.uses.sent = applied;
+        self.uses.deadline = None;
+        self.uses.rounds = 0;
         self.sync = SyncState::Done;
+        self.flush_uses(now);
         self.try_announce(now);
         Ok(())
     }
@@ -423,7 +586,8 @@ impl<R: CryptoRng> OltSession<R> {
 
     fn on_control(&mut self, now: Instant, msg: Message, authenticated: bool) -> Result<(), SessionError> {
         match msg {
-            Message::PoolSyncAck(a) if authenticated => self.on_sync_ack(now, a.kept),
+            Message::PoolSyncAck(a) if authenticated => self.on_sync_ack(now, a.kept, a.uses_applied),
+            Message::PoolUseAck(a) if authenticated => self.on_use_ack(now, a.seq),
             Message::SlotMapAck(SlotMapAck { version }) => {
                 if self.control.as_ref().is_some_and(|c| c.update.version == version) {
                     self.control = None;
@@ -436,7 +600,7 @@ impl<R: CryptoRng> OltSession<R> {
             }
             other => Err(SessionError::Unexpected {
                 got: other.name(),
-                expected: "an acknowledgement of a slot map or a pool sync",
+                expected: "an acknowledgement of a slot map, a pool sync or a pool use (uses and syncs tagged)",
             }),
         }
     }
@@ -467,6 +631,11 @@ impl<R: CryptoRng> OltSession<R> {
             _ => None,
         };
         let rt = match (rt, ctl) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let uses = self.uses.deadline.filter(|_| !self.tagged_in_flight() && self.sync == SyncState::Done);
+        let rt = match (rt, uses) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
@@ -511,6 +680,7 @@ impl<R: CryptoRng> OltSession<R> {
         }
         self.flush_sync(now, false);
         self.flush_control(now);
+        self.flush_uses(now);
     }
 
     /// A frame from the ONU. On `Err` the frame was refused and nothing changed (a refused
@@ -519,6 +689,7 @@ impl<R: CryptoRng> OltSession<R> {
         let r = self.handle_frame_inner(now, bytes);
         // The frame may have answered the tagged request a slot map was waiting for.
         self.flush_control(now);
+        self.flush_uses(now);
         r
     }
 
@@ -580,6 +751,7 @@ impl<R: CryptoRng> OltSession<R> {
             // Last chance for a due slot map before this request holds it back.
             self.in_flight = None;
             self.try_flush_control(now)?;
+            self.try_flush_uses(now)?;
         }
         let bytes = self.link.send(msg)?;
         if expect_reply {

@@ -5,7 +5,8 @@ use super::auth::{AuthLedger, AuthMaterial};
 use super::frame::Direction;
 use super::link::{Link, LinkError, Received};
 use super::message::{
-    Abort, AbortReason, Ack, Announce, Confirm, Estimate, Finish, Message, ReconcileAnswer, SlotMapAck,
+    Abort, AbortReason, Ack, Announce, Confirm, Estimate, Finish, Message, PoolUse, PoolUseAck,
+    ReconcileAnswer, SlotMapAck,
 };
 use super::queue::Queues;
 use super::{Alarm, BlockStats, Event, KeyBlock, SessionConfig, SessionError};
@@ -72,6 +73,11 @@ pub struct OnuSession {
     /// until the OLT names it as committed, a sync or estimate naming an earlier block
     /// discards it and takes its share back.
     unconfirmed: Option<(Uuid, usize)>,
+    /// The last pool use handed to the driver, and the last it applied.
+    uses_seen: u64,
+    uses_applied: u64,
+    /// An acknowledgement of `uses_applied` is owed to the OLT (sent when it may be tagged).
+    use_ack_owed: bool,
 }
 
 impl core::fmt::Debug for OnuSession {
@@ -105,7 +111,86 @@ impl OnuSession {
             tagged_reply_unsettled: false,
             synced: false,
             unconfirmed: None,
+            uses_seen: 0,
+            uses_applied: 0,
+            use_ack_owed: false,
         }
+    }
+
+    /// After a restart: the number of pool uses this ONU's pool has applied (its mirrored
+    /// consumptions). The pool sync tells the OLT, which re-sends the ones after it. Call
+    /// before the first input.
+    pub fn restore_pool_uses(&mut self, applied: u64) {
+        self.uses_seen = applied;
+        self.uses_applied = applied;
+    }
+
+    /// The last pool use handed to the driver and the last one it applied.
+    pub fn pool_uses(&self) -> (u64, u64) {
+        (self.uses_seen, self.uses_applied)
+    }
+
+    /// The driver applied pool use `seq` (from [`Event::PoolUse`], in order) durably:
+    /// acknowledge it. Acknowledgements are cumulative and sent when they may be tagged
+    /// (at the next [`poll_transmit`](Self::poll_transmit) that allows it), so uses applied
+    /// together cost one pad.
+    pub fn ack_pool_use(&mut self, seq: u64) -> Result<(), SessionError> {
+        if self.is_stopped() {
+            return Err(SessionError::Stopped);
+        }
+        if seq != self.uses_applied + 1 || seq > self.uses_seen {
+            return Err(SessionError::ApiMisuse("pool uses must be acknowledged once each, in order"));
+        }
+        self.uses_applied = seq;
+        self.use_ack_owed = true;
+        Ok(())
+    }
+
+    /// Sends the owed use acknowledgement if it can be tagged now without overtaking a
+    /// tagged reply that may still be re-sent, and keeping the upstream reserve's block
+    /// floor. Otherwise it waits (the OLT's retransmission or the next block frame gives
+    /// another chance).
+    fn flush_use_ack(&mut self) {
+        if !self.use_ack_owed || self.is_stopped() || !self.synced {
+            return;
+        }
+        let pad = self.cfg.mac.pad_len() as u64;
+        let (_, tx, _) = self.link.reserve();
+        if self.tagged_reply_unsettled || self.link.epoch().is_none() || tx < 3 * pad {
+            return;
+        }
+        let msg = Message::PoolUseAck(PoolUseAck { seq: self.uses_applied });
+        match self.link.send_control(&msg, true) {
+            Ok(b) => {
+                self.use_ack_owed = false;
+                self.q.frame(b);
+            }
+            Err(e) => self.stop(link_stop_reason(&e)),
+        }
+    }
+
+    /// An authenticated pool use from the OLT.
+    fn on_pool_use(&mut self, u: PoolUse) -> Result<(), SessionError> {
+        if !self.synced {
+            return Err(SessionError::Unexpected { got: "pool_use", expected: "the pool sync first" });
+        }
+        // The OLT sends a use only while none of its tagged requests awaits a reply, and
+        // the link accepted this one's pad (so it was sent after every tagged request we
+        // answered): no tagged reply of ours can be asked for again.
+        self.tagged_reply_unsettled = false;
+        if u.seq <= self.uses_seen {
+            // A retransmission: our acknowledgement was lost, or is still owed.
+            if self.uses_applied > 0 && u.seq <= self.uses_applied {
+                self.use_ack_owed = true;
+            }
+            return Ok(());
+        }
+        if u.seq != self.uses_seen + 1 {
+            return Err(SessionError::Unexpected { got: "pool_use", expected: "the next pool use in order" });
+        }
+        self.uses_seen = u.seq;
+        self.q.event(Event::PoolUse(u));
+        Ok(())
     }
 
     /// After a restart: the last block committed in this ONU's pool and the length of its
@@ -148,6 +233,10 @@ impl OnuSession {
     /// The next frame to send.
     #[must_use]
     pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        if let Some(f) = self.q.poll_transmit() {
+            return Some(f);
+        }
+        self.flush_use_ack();
         self.q.poll_transmit()
     }
 
@@ -271,10 +360,11 @@ impl OnuSession {
         let u = match msg {
             Message::SlotMap(u) => u,
             Message::PoolSync(p) if authenticated => return self.on_pool_sync(p),
+            Message::PoolUse(u) if authenticated => return self.on_pool_use(u),
             other => {
                 return Err(SessionError::Unexpected {
                     got: other.name(),
-                    expected: "an authenticated slot map or pool sync",
+                    expected: "an authenticated slot map, pool sync or pool use",
                 });
             }
         };
@@ -326,7 +416,9 @@ impl OnuSession {
         self.state = State::Idle;
         // Block numbers are the OLT's; a restarted OLT counts from 1 again.
         self.block = 0;
-        let ack = Message::PoolSyncAck(super::message::PoolSyncAck { kept });
+        let ack = Message::PoolSyncAck(super::message::PoolSyncAck { kept, uses_applied: self.uses_applied });
+        // The sync's answer says how far we got: the OLT re-sends from there.
+        self.use_ack_owed = false;
         match self.link.send_control(&ack, true) {
             Ok(bytes) => self.q.frame(bytes),
             Err(e) => self.stop(link_stop_reason(&e)),

@@ -115,6 +115,9 @@ pub struct Pool {
     pub blocks: Vec<(uuid::Uuid, Stage, qpon_qkd::BitBlock, Vec<u8>)>,
     /// A pool sync named a block this pool does not hold committed.
     pub diverged: bool,
+    /// The OLT's pool uses this (ONU) pool mirrored, in the order applied (durable, like
+    /// the blocks: a restarted ONU reports how many).
+    pub uses: Vec<qpon_qkd::session::PoolUse>,
 }
 
 impl Pool {
@@ -154,6 +157,7 @@ impl Pool {
                     b.1 = Stage::Discarded;
                 }
             }
+            Event::PoolUse(u) => self.uses.push(u.clone()),
             _ => {}
         }
     }
@@ -255,6 +259,7 @@ impl Pair {
             Box::new(self.onu_ledger.clone()),
         );
         self.onu.restore_last_committed(self.onu_pool.last_committed());
+        self.onu.restore_pool_uses(self.onu_pool.uses.len() as u64);
         self.olt.reset_link(self.now);
         self.to_olt.clear();
         self.to_onu.clear();
@@ -323,7 +328,11 @@ impl Pair {
                 if let Event::SlotMap(u) = &e {
                     self.onu.ack_slot_map(u.version).expect("ack of the newest slot map");
                 }
+                // A driver applies a pool use durably, then acknowledges it.
                 self.onu_pool.apply(&e);
+                if let Event::PoolUse(u) = &e {
+                    self.onu.ack_pool_use(u.seq).expect("ack of the next pool use");
+                }
                 self.onu_events.push(e);
             }
             if !progress {
@@ -348,6 +357,18 @@ impl Pair {
         match dir {
             Direction::Downstream => self.to_onu.push_back((at, frame)),
             Direction::Upstream => self.to_olt.push_back((at, frame)),
+        }
+    }
+
+    /// Sends what the sessions release, then injects `frame` and delivers everything due.
+    pub fn pump_and_inject(&mut self, dir: Direction, frame: Vec<u8>) {
+        self.pump_outputs();
+        self.inject(dir, frame);
+        self.now = self.now + self.latency;
+        while self.to_onu.front().is_some_and(|x| x.0 <= self.now)
+            || self.to_olt.front().is_some_and(|x| x.0 <= self.now)
+        {
+            self.step();
         }
     }
 

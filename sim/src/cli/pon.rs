@@ -63,6 +63,16 @@ pub struct Args {
     /// `--join 5@20`. An ONU whose first event is a join starts dark.
     #[arg(long, value_name = "ONU@S", value_parser = parse_churn)]
     pub join: Vec<(usize, f64)>,
+    /// Downstream traffic: this many frames per second to every ONU, encrypted with keys
+    /// from its pool and broadcast through the splitter (0 = off).
+    #[arg(long, value_name = "FPS", default_value_t = 0.0)]
+    pub downstream_fps: f64,
+    /// Downstream payload bytes per frame.
+    #[arg(long, value_name = "BYTES", default_value_t = 256)]
+    pub downstream_payload: usize,
+    /// Downstream key rotation interval, superframes of 125 µs.
+    #[arg(long, value_name = "SUPERFRAMES", default_value_t = 8_000)]
+    pub rotate_superframes: u64,
     /// Scenario options (file, eavesdroppers).
     #[command(flatten)]
     pub scenario: ScenarioArgs,
@@ -70,6 +80,16 @@ pub struct Args {
     #[arg(long, value_name = "FILE", num_args = 0..=1)]
     #[allow(clippy::option_option)]
     pub json: Option<Option<PathBuf>>,
+}
+
+/// The downstream traffic the flags ask for.
+fn qpon_sim_downstream(args: &Args) -> crate::pon::DownstreamTraffic {
+    crate::pon::DownstreamTraffic {
+        frames_per_s: args.downstream_fps,
+        payload_bytes: args.downstream_payload,
+        rotate_every_superframes: args.rotate_superframes,
+        ..crate::pon::DownstreamTraffic::default()
+    }
 }
 
 /// `--policy` values.
@@ -137,6 +157,25 @@ pub fn table(r: &PonReport) -> String {
         "aggregate ({} ONUs, {} s): {} detections, {} blocks, {} secret bits, {:.1} bit/s; {} packets ({} dropped); blocks disagreeing: {}\n",
         a.onus, a.seconds, a.detections, a.blocks, a.secret_bits, a.key_rate_bits_per_s, a.frames, a.frames_dropped, a.blocks_disagreeing
     ));
+    for o in &r.onus {
+        if let Some(d) = &o.downstream {
+            s.push_str(&format!(
+                "onu {} downstream: {} sent, {} opened, {} lost, others refused {} (opened {}, plaintext via own key {}), {} keys, {} switches ({} seen), {} pool-empty alarms, ledgers agree: {}\n",
+                o.onu,
+                d.frames_sent,
+                d.frames_opened,
+                d.frames_lost,
+                d.others_refused,
+                d.others_opened,
+                d.others_plaintext_recovered,
+                d.keys_installed,
+                d.switches,
+                d.switches_seen,
+                d.pool_empty_alarms,
+                d.ledgers_agree
+            ));
+        }
+    }
     for m in &r.slot_maps {
         let owners = m.gates.iter().filter(|&&g| g > 0).count();
         s.push_str(&format!(
@@ -178,7 +217,25 @@ pub fn run_cli(args: Args) -> Result<(), CliError> {
             churn.push(Churn { at_s, onu, action });
         }
     }
+    if !(args.downstream_fps.is_finite() && args.downstream_fps >= 0.0) {
+        return Err(CliError::BadInput(format!(
+            "invalid `downstream_fps`: {} must be a number ≥ 0",
+            args.downstream_fps
+        )));
+    }
+    if args.downstream_payload > qpon_mux::downstream::MAX_PAYLOAD {
+        return Err(CliError::BadInput(format!(
+            "invalid `downstream_payload`: {} is above {}",
+            args.downstream_payload,
+            qpon_mux::downstream::MAX_PAYLOAD
+        )));
+    }
+    if args.rotate_superframes == 0 {
+        return Err(CliError::BadInput("invalid `rotate_superframes`: must be > 0".into()));
+    }
+    let downstream = (args.downstream_fps > 0.0).then(|| qpon_sim_downstream(&args));
     let mut opts = PonOptions {
+        downstream,
         seconds: args.seconds,
         seed: args.seed,
         drop_chance: args.drop_chance,
