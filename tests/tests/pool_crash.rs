@@ -13,20 +13,24 @@
 //! - nothing is left provisional; every block that is not committed at both ends is
 //!   recorded as discarded wherever it exists — and some blocks were caught mid-commit and
 //!   discarded on both ends (else the test proved little);
-//! - no authentication unit (hash key, pad) was used twice at either end.
+//! - no authentication unit (hash key, pad) was used twice at either end;
+//! - the downstream keys the OLT took from its pool and announced (`PoolUse`, every
+//!   one per committed block while running) were mirrored by the ONU exactly: both ledgers list the same
+//!   consumptions for `Purpose::Downstream`, in the same order — none applied twice, none
+//!   lost, whichever end was killed between taking, announcing, applying and acknowledging.
 //!
 //! The quantum channel is a pure function of the gate index (`pulse`, `detection`), so the
 //! two processes agree on it without talking; every OLT incarnation starts at a fresh gate
 //! (the wall clock in nanoseconds), as a real receiver never delivers a detection twice.
 //!
 //! Workers: the test binary re-executes itself (`pool_worker` only) with `QPON_POOL_ROLE`
-//! set. `QPON_POOL_KILLS` sets the number of kills (default 24).
+//! set. `QPON_POOL_KILLS` sets the number of kills (default 40).
 #![cfg(unix)]
 
 use qpon_kms::{BlockState, End, KeyPool, KeyStore, LedgerKind, Purpose, StoreError, StorePool};
 use qpon_qkd::records::{Basis, DetectionFlags, DetectionRecord, Intensity, PulseRecord};
 use qpon_qkd::session::stream::{StreamDecoder, encode_frame};
-use qpon_qkd::session::{Event, OltSession, OnuSession, SessionConfig};
+use qpon_qkd::session::{Event, OltSession, OnuSession, PoolUse, SessionConfig, USE_LOG};
 use qpon_qkd::time::Instant as QInstant;
 use qpon_qkd::{SecretBytes, rng};
 use std::io::{Read, Write};
@@ -167,12 +171,22 @@ fn pool_worker() {
     let mut session = if olt {
         let mut s = OltSession::new(cfg(), r.material, Box::new(r.ledger), rng::os_rng());
         s.restore_last_committed(r.last_committed.map(|(id, _)| id));
+        // The uses announced so far are the Downstream consumptions in the ledger.
+        let (last, recent) = qpon_kms::recent_uses(&pool, Purpose::Downstream, USE_LOG).unwrap();
+        s.restore_pool_uses(last, recent);
         Session::Olt(Box::new(s))
     } else {
         let mut s = OnuSession::new(cfg(), r.material, Box::new(r.ledger));
         s.restore_last_committed(r.last_committed);
+        s.restore_pool_uses(pool.consumptions(Purpose::Downstream).unwrap().len() as u64);
         Session::Onu(Box::new(s))
     };
+    // At most one downstream key per committed block: the authentication budget of a
+    // block covers about two (`qkd::session`, "Pool use"); faster rotation drains the
+    // reserve and the sessions stop, fail closed.
+    let mut used_at_blocks = KeyPool::blocks(&pool);
+    // The worker's stderr goes to ROLE.err in the test's directory (shown if the test fails).
+    eprintln!("{role} {} start", if settle { "settle" } else { "run" });
     let started = Instant::now();
     let now = || QInstant::from_nanos(started.elapsed().as_nanos() as u64);
     // A fresh stretch of gates for this incarnation.
@@ -220,6 +234,29 @@ fn pool_worker() {
             gate += 50_000;
             s.handle_detections(now(), &dets);
         }
+        // A downstream key now and then: taken durably, then announced.
+        if let Session::Olt(s) = &mut session
+            && !settle
+            && s.is_synced()
+            && !s.is_stopped()
+            && s.pool_uses_unacked() < 4
+            && KeyPool::blocks(&pool) > used_at_blocks
+        {
+            used_at_blocks = KeyPool::blocks(&pool);
+            if let Ok((block, offset, _key)) = pool.take(Purpose::Downstream, 16) {
+                let u = PoolUse {
+                    seq: 0,
+                    purpose: Purpose::Downstream as u8,
+                    block,
+                    offset,
+                    len: 16,
+                    switch: None,
+                };
+                if s.announce_use(now(), u).is_err() {
+                    s.pool_failed(now());
+                }
+            }
+        }
         let mut closed = false;
         if let Some(c) = conn.as_mut() {
             match c.read(&mut buf) {
@@ -244,6 +281,19 @@ fn pool_worker() {
                     Event::Block(b, _) => pool.append(b.id, &b.key),
                     Event::Discarded { id } => KeyPool::discard(&mut pool, id),
                     Event::PoolSync { last_committed } => pool.truncate_after(last_committed),
+                    Event::PoolUse(u) => {
+                        let taken = Purpose::from_code(u.purpose)
+                            .ok_or_else(|| qpon_kms::PoolError::Store("unknown purpose".into()))
+                            .and_then(|p| pool.take_named(p, u.block, u.offset, u.len as usize));
+                        match (&mut session, taken) {
+                            (Session::Onu(s), Ok(_key)) => {
+                                let _ = s.ack_pool_use(u.seq);
+                                Ok(())
+                            }
+                            (_, Err(e)) => Err(e),
+                            _ => Ok(()),
+                        }
+                    }
                     Event::NeedPulses { request, pulses } => {
                         let recs: Vec<Option<PulseRecord>> = pulses.iter().map(|p| p.map(pulse)).collect();
                         if let Session::Onu(s) = &mut session {
@@ -251,9 +301,14 @@ fn pool_worker() {
                         }
                         Ok(())
                     }
+                    Event::Stopped(r) => {
+                        eprintln!("{role}: stopped: {r:?}");
+                        Ok(())
+                    }
                     _ => Ok(()),
                 };
-                if stored.is_err() {
+                if let Err(e) = &stored {
+                    eprintln!("{role}: pool failed: {e}");
                     session.pool_failed(now());
                 }
             }
@@ -308,7 +363,13 @@ fn spawn(role: &str, dir: &Path, port: u16, mode: &str) -> Child {
         .env(PORT_ENV, port.to_string())
         .env(MODE_ENV, mode)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join(format!("{role}.err")))
+                .unwrap(),
+        )
         .spawn()
         .unwrap();
     // Wait until it has opened its store and (OLT) bound its port.
@@ -342,7 +403,7 @@ fn drain(pool: &StorePool) -> Vec<Vec<u8>> {
 
 #[test]
 fn kill_9_of_either_end_leaves_agreeing_pools() {
-    let kills: usize = std::env::var("QPON_POOL_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(24);
+    let kills: usize = std::env::var("QPON_POOL_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(40);
     let dir = std::env::temp_dir().join(format!("qpon-pool-crash-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let dir = TempDir(dir);
@@ -378,7 +439,19 @@ fn kill_9_of_either_end_leaves_agreeing_pools() {
                 assert!(s.success(), "a settling worker failed: {s}");
                 break;
             }
-            assert!(Instant::now() < deadline, "the settling workers did not finish");
+            if Instant::now() >= deadline {
+                for role in ["olt", "onu"] {
+                    let e = std::fs::read_to_string(dir.0.join(format!("{role}.err"))).unwrap_or_default();
+                    eprintln!(
+                        "--- {role} stderr ---\n{}",
+                        e.lines()
+                            .filter(|l| l.contains("failed") || l.contains("stopped:") || l.contains("start"))
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                    );
+                }
+                panic!("the settling workers did not finish");
+            }
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -419,6 +492,11 @@ fn kill_9_of_either_end_leaves_agreeing_pools() {
         }
     }
     both_discarded /= 2;
+    // The downstream keys: the ONU mirrored exactly what the OLT took.
+    let (uo, un) =
+        (po.consumptions(Purpose::Downstream).unwrap(), pn.consumptions(Purpose::Downstream).unwrap());
+    assert!(!uo.is_empty(), "no downstream key was taken");
+    assert_eq!(uo, un, "the mirrored downstream consumptions differ");
     // The same bytes at both ends.
     let (ko, kn) = (drain(&po), drain(&pn));
     assert!(!ko.is_empty());
@@ -432,10 +510,11 @@ fn kill_9_of_either_end_leaves_agreeing_pools() {
     }
     eprintln!(
         "{kills} kills in {:.1} s: {} blocks committed at both ends, {both_discarded} caught mid-commit and \
-         discarded at both, {} discarded at one end only",
+         discarded at both, {} discarded at one end only; {} downstream keys mirrored",
         t0.elapsed().as_secs_f64(),
         co.len(),
         io.iter().chain(&inn).filter(|b| b.state == BlockState::Discarded).count() - 2 * both_discarded,
+        uo.len(),
     );
     assert!(both_discarded > 0, "no kill landed inside a commit: raise QPON_POOL_KILLS");
 }
