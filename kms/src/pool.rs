@@ -67,11 +67,7 @@ pub trait KeyPool: Send {
     /// committed block, in order, with that many unused bytes; shorter tails before it are
     /// skipped), durably recorded before returning; returns (block, offset, bytes).
     /// [`PoolError::Exhausted`] (nothing consumed) when no block can serve.
-    /// (The default refuses: a pool without a cursor serves no consumer.)
-    fn take(&mut self, purpose: Purpose, bytes: usize) -> Result<(Uuid, u64, SecretBytes), PoolError> {
-        let _ = (purpose, bytes);
-        Err(PoolError::Store("this pool does not support consumption".into()))
-    }
+    fn take(&mut self, purpose: Purpose, bytes: usize) -> Result<(Uuid, u64, SecretBytes), PoolError>;
     /// The mirror of the peer's [`take`](Self::take): consumes the next `len` bytes for
     /// `purpose` with this pool's own cursor, which must take them from exactly `block` at
     /// `offset`; otherwise fails closed with [`PoolError::CursorDiverged`], changing
@@ -82,17 +78,11 @@ pub trait KeyPool: Send {
         block: Uuid,
         offset: u64,
         len: usize,
-    ) -> Result<SecretBytes, PoolError> {
-        let _ = (purpose, len);
-        Err(PoolError::CursorDiverged { block, offset, found: "a pool without a cursor".into() })
-    }
+    ) -> Result<SecretBytes, PoolError>;
     /// Consumptions made for `purpose`, in order: (block, offset, length). Their number is
     /// the count of uses applied (the ONU reports it after a restart); the newest ones let
     /// a restarted OLT re-send uses the ONU missed.
-    fn consumptions(&self, purpose: Purpose) -> Result<Vec<(Uuid, u64, u64)>, PoolError> {
-        let _ = purpose;
-        Ok(Vec::new())
-    }
+    fn consumptions(&self, purpose: Purpose) -> Result<Vec<(Uuid, u64, u64)>, PoolError>;
     /// Bytes consumed for `purpose` so far.
     fn consumed_bytes(&self, purpose: Purpose) -> u64 {
         self.consumptions(purpose).map(|v| v.iter().map(|c| c.2).sum()).unwrap_or(0)
