@@ -10,12 +10,13 @@ use qpon_olt::status::OltStatus;
 use qpon_onu::config::OnuConfig;
 use qpon_onu::service::OnuHandle;
 use qpon_sim::pon::mux_map;
-use qpon_sim::sampler::{GATES_PER_KM_AT_1GHZ, SimPon};
+use qpon_sim::sampler::SimPon;
 use qpon_sim::scenario::{DetectorProfile, Scenario};
+use qpon_tests::{olt_config_text, onu_config_text, wait_for};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -44,46 +45,12 @@ async fn relay(listener: TcpListener, target: std::net::SocketAddr, mut cut: wat
 fn olt_config(dir: &Path, pon: &qpon_sim::scenario::Pon) -> OltConfig {
     // The scheduler works on the scenario's frame and guard, so its maps can follow the
     // provisioned one.
-    let map = mux_map(pon);
-    let mut text = format!(
-        "[olt]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\nworkers = 2\npoll_ms = 5\nstats_ms = 50\n\
-         [session]\nblock_bits = 100000\nauth_share_bytes = 128\n\
-         [scheduling.scheduler]\nframe_len = {}\nguard = {}\nframes_per_period = 8000\npolicy = \"equal-gates\"\n",
-        map.frame_len(),
-        map.guard()
-    );
-    for (k, o) in pon.onus.iter().enumerate() {
-        let delay = (o.length_km * GATES_PER_KM_AT_1GHZ * pon.gate_rate_hz / 1e9).round() as i64;
-        let d = o.model.source;
-        text.push_str(&format!(
-            "[[onu]]\nid = {k}\npsk_file = \"onu-{k}.psk\"\npulse_offset = {delay}\n\
-             decoy = {{ mu = {:?}, p = {:?} }}\n",
-            d.mu, d.p
-        ));
-    }
-    OltConfig::parse(&text, dir).expect("valid OLT config")
+    OltConfig::parse(&olt_config_text(pon, "", ""), dir).expect("valid OLT config")
 }
 
 fn onu_config(dir: &Path, olt: &OltConfig, k: u16, addr: std::net::SocketAddr) -> OnuConfig {
-    let e = &olt.onu[k as usize];
-    let text = format!(
-        "[onu]\nid = {k}\npsk_file = \"onu-{k}.psk\"\nolt = \"{addr}\"\nmetrics_listen = \"{}\"\n\
-         pulse_offset = {}\ndecoy = {{ mu = {:?}, p = {:?} }}\nreconnect_min_ms = 20\nreconnect_max_ms = 200\n\
-         poll_ms = 2\nstats_ms = 50\n[session]\nblock_bits = 100000\nauth_share_bytes = 128\n",
-        if k == 0 { "127.0.0.1:0" } else { "" },
-        e.pulse_offset,
-        e.decoy.mu,
-        e.decoy.p
-    );
-    OnuConfig::parse(&text, dir).expect("valid ONU config")
-}
-
-async fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !f() {
-        assert!(t0.elapsed() < timeout, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let metrics = format!("metrics_listen = \"{}\"\n", if k == 0 { "127.0.0.1:0" } else { "" });
+    OnuConfig::parse(&onu_config_text(olt, k, addr, &metrics, ""), dir).expect("valid ONU config")
 }
 
 #[test]

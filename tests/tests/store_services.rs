@@ -17,8 +17,9 @@ use qpon_olt::service::{OltHandle, OltParts, PoolSource};
 use qpon_onu::config::OnuConfig;
 use qpon_onu::service::OnuHandle;
 use qpon_sim::pon::mux_map;
-use qpon_sim::sampler::{GATES_PER_KM_AT_1GHZ, SimPon};
+use qpon_sim::sampler::SimPon;
 use qpon_sim::scenario::{DetectorProfile, Pon, Scenario};
+use qpon_tests::{olt_config_text, onu_config_text, wait_for};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -54,47 +55,13 @@ impl Drop for Dir {
 /// The OLT's config: data directory `olt-data` (relative, so under `dir`), its store sealed
 /// under the KEK in `kek.hex` if `kek`, `api` appended.
 fn olt_config(dir: &Path, pon: &Pon, kek: bool, api: &str) -> OltConfig {
-    let map = mux_map(pon);
-    let mut text = format!(
-        "[olt]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\nworkers = 2\npoll_ms = 5\nstats_ms = 50\n\
-         data_dir = \"olt-data\"\nkek_file = \"{}\"\n\
-         [session]\nblock_bits = 100000\nauth_share_bytes = 128\n\
-         [scheduling.scheduler]\nframe_len = {}\nguard = {}\nframes_per_period = 8000\npolicy = \"equal-gates\"\n",
-        if kek { "kek.hex" } else { "" },
-        map.frame_len(),
-        map.guard()
-    );
-    for (k, o) in pon.onus.iter().enumerate() {
-        let delay = (o.length_km * GATES_PER_KM_AT_1GHZ * pon.gate_rate_hz / 1e9).round() as i64;
-        let d = o.model.source;
-        text.push_str(&format!(
-            "[[onu]]\nid = {k}\npsk_file = \"onu-{k}.psk\"\npulse_offset = {delay}\n\
-             decoy = {{ mu = {:?}, p = {:?} }}\n",
-            d.mu, d.p
-        ));
-    }
-    text.push_str(api);
-    OltConfig::parse(&text, dir).expect("valid OLT config")
+    let olt = format!("data_dir = \"olt-data\"\nkek_file = \"{}\"\n", if kek { "kek.hex" } else { "" });
+    OltConfig::parse(&olt_config_text(pon, &olt, api), dir).expect("valid OLT config")
 }
 
 fn onu_config(dir: &Path, olt: &OltConfig, k: u16, addr: std::net::SocketAddr, api: &str) -> OnuConfig {
-    let e = &olt.onu[k as usize];
-    let text = format!(
-        "[onu]\nid = {k}\npsk_file = \"onu-{k}.psk\"\nolt = \"{addr}\"\nmetrics_listen = \"\"\n\
-         data_dir = \"onu-{k}-data\"\n\
-         pulse_offset = {}\ndecoy = {{ mu = {:?}, p = {:?} }}\nreconnect_min_ms = 20\nreconnect_max_ms = 200\n\
-         poll_ms = 2\nstats_ms = 50\n[session]\nblock_bits = 100000\nauth_share_bytes = 128\n{api}",
-        e.pulse_offset, e.decoy.mu, e.decoy.p
-    );
-    OnuConfig::parse(&text, dir).expect("valid ONU config")
-}
-
-async fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !f() {
-        assert!(t0.elapsed() < timeout, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    let onu = format!("metrics_listen = \"\"\ndata_dir = \"onu-{k}-data\"\n");
+    OnuConfig::parse(&onu_config_text(olt, k, addr, &onu, api), dir).expect("valid ONU config")
 }
 
 fn write_private(path: &Path, text: &str) {
