@@ -11,35 +11,32 @@
 //! ([`TlsInfo`]); handlers read the CN from there. A caller that is not the right member of
 //! a pair named in the path gets 401, whether or not the other SAE exists.
 //!
-//! Key material and IDs: every ETSI key is one [`Purpose::Api`] consumption of exactly
-//! `key_size / 8` bytes from the ONU's pool, durable before the response is written. Its
-//! ID is [`key_id`]`(block, slice)` with `slice` = the byte offset of the key's first byte
-//! within the block, so both ends, consuming the same bytes, name them identically. Only
-//! one size is served (`min_key_size = max_key_size = key_size` in the status): the slave's
-//! KME learns nothing but the key ID, so it can reproduce the master's consumptions only if
-//! their size is fixed. Other sizes are refused with 400.
+//! Key material and IDs: every ETSI key is `key_size / 8` bytes of the ONU's pool consumed
+//! for [`Purpose::Api`]. Its ID is [`key_id`]`(block, slice)` with `slice` = the byte offset
+//! of the key's first byte within the block, so both ends, holding the same bytes, name
+//! them identically. Only one size is served (`min_key_size = max_key_size = key_size` in
+//! the status; other sizes are refused with 400): the ONU side cuts its mirrored bytes into
+//! keys with its own configured size, so both ends must be configured with the same one.
 //!
-//! `dec_keys` at the ONU: the KME predicts, from the pool's block bookkeeping, the IDs of
-//! its next `lookahead` Api consumptions (without consuming). A requested ID found at
-//! position j makes it consume j + 1 keys, the first j of which wait in a small in-memory
-//! table of undelivered keys for their own `dec_keys`. An ID not predicted consumes nothing
-//! and is refused with 400. Precondition: the ONU side takes Api bytes at the same point of
-//! its consumption sequence as the OLT side did (true when nothing else consumes from that
-//! ONU's pool in between; the pool-sync protocol is where an eager "consume n Api keys now"
-//! announcement belongs, which would fill the same table).
-//! In particular, with downstream encryption on (Downstream uses decided by the OLT and
-//! mirrored at the ONU by block and offset), an `enc_keys` between two downstream uses
-//! leaves the ONU's cursor behind the OLT's until the matching `dec_keys`, and a mirrored
-//! use arriving in between fails closed: until Api consumptions travel over the pool-use
-//! announcements too, serve this API only on ONUs without downstream keys.
+//! Consumption is decided at the OLT only, like every consumption of an ONU's pool that both
+//! ends make ([`Purpose::MIRRORED`]): `enc_keys` asks the OLT's [`KeySupply`] — the OLT
+//! service's driver — which takes the keys from the pool (durably, in as few runs as the
+//! blocks allow: one pool use per run, not per key) and announces each run to the ONU over
+//! the authenticated classical channel as a pool use. The ONU's driver mirrors it with its
+//! own cursor (same bytes, same order as the downstream keys around it) and acknowledges it.
+//! Its KME serves `dec_keys` from those mirrored bytes: the keys of every Api consumption in
+//! its pool's ledger that are not yet recorded as delivered form its **delivery table** —
+//! durable, since the bytes stay in the store and the delivered marks are committed before a
+//! response is written, so keys not yet fetched survive a restart. A requested ID not in the
+//! table yet (the announcement may still be on its way) is waited for up to
+//! [`KmeConfig::dec_wait_ms`], then refused with 400.
 //!
 //! Delivered once per side: the OLT side hands each consumed key to the master in the
-//! `enc_keys` response and keeps nothing. The ONU side removes a key from the table when it
-//! delivers it; the store's ledger makes the bytes unreachable for any later consumption,
-//! so asking again (even after a restart) is refused. Spec choice: the specification has no
-//! 404, so an unknown **or** already delivered key_ID is a 400 with a message saying which.
-//! The table lives in memory: after a restart undelivered-but-consumed keys are lost (as
-//! the store loses bytes on a crash between commit and use) — never delivered twice.
+//! `enc_keys` response and keeps nothing. The ONU side records a key as delivered (durably,
+//! all keys of one request or none) before writing the response; asking again, even after a
+//! restart, is refused. Spec choice: the specification has no 404, so an unknown **or**
+//! already delivered key_ID is a 400 with a message saying which. A crash between the mark
+//! and the response loses the delivery (recorded), never repeats it.
 //!
 //! One pair per ONU: keys are not tagged with their pair, so two slaves behind one ONU
 //! could fetch each other's keys by ID; [`SaeMap::new`] refuses such configs.
@@ -49,6 +46,7 @@ use std::fmt::Write as _;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -63,6 +61,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use crate::pool::PoolError;
 use crate::store::{KeyStore, Purpose, StoreError, StorePool, key_id};
 
 /// A master/slave SAE pair and the ONU whose pool serves it.
@@ -175,12 +174,14 @@ pub struct KmeConfig {
     pub max_key_per_request: u32,
     /// Cap on the `stored_key_count` reported (and `max_key_count`).
     pub max_key_count: u32,
-    /// How many upcoming keys `dec_keys` looks ahead for an unknown ID.
-    pub lookahead: u32,
+    /// ONU side: how long `dec_keys` waits for a requested key that is not in the delivery
+    /// table yet (its announcement from the OLT may still be on its way), in ms.
+    pub dec_wait_ms: u64,
 }
 
 impl KmeConfig {
-    /// Defaults: 256-bit keys, 128 per request, 100 000 reported at most, look-ahead 1024.
+    /// Defaults: 256-bit keys, 128 per request, 100 000 reported at most, `dec_keys` waits
+    /// up to 2 s for a key still on its way.
     pub fn new(kme_id: impl Into<String>, peer_kme_id: impl Into<String>, side: Side) -> Self {
         Self {
             kme_id: kme_id.into(),
@@ -189,7 +190,7 @@ impl KmeConfig {
             key_size: 256,
             max_key_per_request: 128,
             max_key_count: 100_000,
-            lookahead: 1024,
+            dec_wait_ms: 2000,
         }
     }
 
@@ -198,13 +199,114 @@ impl KmeConfig {
     }
 }
 
-/// One KME instance: config, SAE pairs, key store and the table of undelivered keys.
+/// One key issued at the OLT side: where its bytes came from and the bytes.
+pub struct IssuedKey {
+    /// The block.
+    pub block: Uuid,
+    /// The key's first byte within the block (its ID is [`key_id`]`(block, offset)`).
+    pub offset: u64,
+    /// The key.
+    pub key: SecretBytes,
+}
+
+impl core::fmt::Debug for IssuedKey {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "IssuedKey({}@{}, {} bytes)", self.block, self.offset, self.key.len())
+    }
+}
+
+/// Why a [`KeySupply`] issued nothing.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SupplyError {
+    /// Not enough key in the ONU's pool (nothing was consumed).
+    #[error("fewer than {requested} keys available ({available})")]
+    Exhausted {
+        /// Keys asked for.
+        requested: u64,
+        /// Keys the pool could serve.
+        available: u64,
+    },
+    /// The ONU cannot be told about a consumption now (not connected, not synced, its
+    /// session stopped, too many uses unacknowledged); nothing was consumed.
+    #[error("ONU {onu} cannot take key announcements now: {why}")]
+    Unavailable {
+        /// The ONU.
+        onu: u16,
+        /// Why.
+        why: String,
+    },
+    /// The pool or the announcement failed (the ONU's session is stopped: fail closed).
+    #[error("key supply failed: {0}")]
+    Failed(String),
+}
+
+/// Where an OLT-side KME gets its keys: `number` keys of `unit` bytes for `onu`, consumed
+/// from the ONU's pool at the OLT for [`Purpose::Api`] *and announced* to the ONU (see the
+/// module docs), all or none. The OLT service implements it over its driver.
+pub trait KeySupply: Send + Sync {
+    /// Issues the keys, in consumption order.
+    fn issue(&self, onu: u16, unit: usize, number: usize) -> Result<Vec<IssuedKey>, SupplyError>;
+}
+
+/// The runs an Api request of `number` keys of `unit` bytes takes from a pool with these
+/// unused runs ([`crate::KeyPool::unused_runs`]): as many whole keys from each block as it
+/// holds, in cursor order, so that each run is one [`crate::KeyPool::take`] of the returned
+/// size (a tail shorter than a key is skipped by the next take). `None` if the pool cannot
+/// serve all `number` keys.
+pub fn api_runs(runs: &[(Uuid, u64, u64)], unit: u64, number: u64) -> Option<Vec<u64>> {
+    if unit == 0 {
+        return None;
+    }
+    let mut left = number;
+    let mut out = Vec::new();
+    for &(_, _, bytes) in runs {
+        if left == 0 {
+            break;
+        }
+        let k = (bytes / unit).min(left);
+        if k > 0 {
+            out.push(k * unit);
+            left -= k;
+        }
+    }
+    (left == 0).then_some(out)
+}
+
+/// Keys that fit in these runs (for the status's `stored_key_count`), at most `max`.
+pub fn api_keys_available(runs: &[(Uuid, u64, u64)], unit: u64, max: u64) -> u64 {
+    if unit == 0 {
+        return 0;
+    }
+    runs.iter().map(|r| r.2 / unit).sum::<u64>().min(max)
+}
+
+/// Cuts one run of consumed bytes (`bytes` taken at `offset` of `block`) into keys of
+/// `unit` bytes (a shorter remainder, which [`api_runs`] never produces, is left out).
+pub fn split_run(block: Uuid, offset: u64, bytes: &SecretBytes, unit: usize) -> Vec<IssuedKey> {
+    if unit == 0 {
+        return Vec::new();
+    }
+    bytes
+        .expose()
+        .chunks_exact(unit)
+        .enumerate()
+        .map(|(i, k)| IssuedKey {
+            block,
+            offset: offset + (i * unit) as u64,
+            key: SecretBytes::from_slice(k),
+        })
+        .collect()
+}
+
+/// One KME instance: config, SAE pairs, key store, and the OLT's key supply or the ONU's
+/// delivery table.
 pub struct Kme {
     config: KmeConfig,
     saes: SaeMap,
     store: KeyStore,
-    /// Held for a whole request's consumption and table update, so concurrent requests
-    /// cannot interleave their consumptions.
+    supply: Option<Arc<dyn KeySupply>>,
+    /// Held for a whole `dec_keys` (look-up, reads, delivered marks), so concurrent
+    /// requests cannot both deliver one key.
     table: Mutex<DeliveryTable>,
 }
 
@@ -214,29 +316,74 @@ impl core::fmt::Debug for Kme {
     }
 }
 
-/// ONU side: keys consumed but not yet delivered, and IDs already delivered (the latter
-/// only for a clearer error message; the ledger alone already prevents a second delivery).
+/// ONU side: where each key of the ONU's Api consumptions lies, by key ID — an index over
+/// the pool's ledger, extended on demand (the durable state is the ledger, the bytes in the
+/// store and the store's delivered marks; this is rebuilt from them after a restart).
 #[derive(Default)]
 struct DeliveryTable {
-    pending: HashMap<Uuid, SecretBytes>,
-    delivered: HashSet<Uuid>,
+    /// Per ONU: Api consumptions indexed so far.
+    scanned: HashMap<u16, usize>,
+    /// Key ID → (ONU, block, offset).
+    keys: HashMap<Uuid, (u16, Uuid, u64)>,
+}
+
+impl DeliveryTable {
+    /// Indexes the Api consumptions of `pool` made since the last call.
+    fn refresh(&mut self, pool: &StorePool, unit: u64) -> Result<(), StoreError> {
+        let all = pool.consumptions(Purpose::Api)?;
+        let done = self.scanned.entry(pool.onu()).or_insert(0);
+        for &(block, offset, len) in all.iter().skip(*done) {
+            for i in 0..len / unit {
+                let o = offset + i * unit;
+                self.keys.insert(key_id(block, o), (pool.onu(), block, o));
+            }
+        }
+        *done = all.len();
+        Ok(())
+    }
 }
 
 impl Kme {
-    /// A KME serving `saes` from the pools of `store`.
-    pub fn new(config: KmeConfig, saes: SaeMap, store: KeyStore) -> Result<Self, EtsiConfigError> {
+    /// A KME serving `saes` from the pools of `store`. The OLT side issues keys through
+    /// `supply` (required there); the ONU side serves what its pool mirrored (`None`).
+    pub fn new(
+        config: KmeConfig,
+        saes: SaeMap,
+        store: KeyStore,
+        supply: Option<Arc<dyn KeySupply>>,
+    ) -> Result<Self, EtsiConfigError> {
         if config.key_size == 0 || !config.key_size.is_multiple_of(8) {
             return Err(EtsiConfigError::Config(format!(
                 "key_size {} is not a positive multiple of 8",
                 config.key_size
             )));
         }
-        Ok(Self { config, saes, store, table: Mutex::new(DeliveryTable::default()) })
+        match (config.side, supply.is_some()) {
+            (Side::Olt, false) => {
+                return Err(EtsiConfigError::Config("an OLT-side KME needs a key supply".into()));
+            }
+            (Side::Onu, true) => {
+                return Err(EtsiConfigError::Config("an ONU-side KME issues no keys (no key supply)".into()));
+            }
+            _ => {}
+        }
+        Ok(Self { config, saes, store, supply, table: Mutex::new(DeliveryTable::default()) })
     }
 
-    /// Keys of this instance's table still waiting for `dec_keys` (ONU side).
-    pub fn undelivered(&self) -> usize {
-        self.lock().pending.len()
+    /// ONU side: keys mirrored for the API and not delivered yet, over all pairs.
+    pub fn undelivered(&self) -> Result<usize, StoreError> {
+        let mut t = self.lock();
+        let unit = self.config.key_bytes() as u64;
+        for p in self.saes.pairs() {
+            t.refresh(&self.store.pool(p.onu), unit)?;
+        }
+        let mut n = 0;
+        for (id, (onu, _, _)) in &t.keys {
+            if !self.store.pool(*onu).is_delivered(*id)? {
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, DeliveryTable> {
@@ -244,23 +391,10 @@ impl Kme {
     }
 }
 
-/// The `(block, offset)` of the next `max` consumptions of `unit` bytes from `pool`,
-/// predicted from its bookkeeping with the store's rule (first block, in arrival order,
-/// still holding `unit` unused bytes; shorter tails are skipped). Consumes nothing.
-fn predict(pool: &StorePool, unit: u64, max: usize) -> Result<Vec<(Uuid, u64)>, StoreError> {
-    let mut out = Vec::new();
-    for b in pool.block_infos()? {
-        let (mut offset, mut left) = (b.used_bytes, b.remaining_bytes());
-        while left >= unit && out.len() < max {
-            out.push((b.id, offset));
-            offset += unit;
-            left -= unit;
-        }
-        if out.len() >= max {
-            break;
-        }
+impl From<PoolError> for ApiError {
+    fn from(e: PoolError) -> Self {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Key store unavailable").detail("store", e.to_string())
     }
-    Ok(out)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -414,7 +548,8 @@ async fn status(
     blocking(move || {
         let c = &kme.config;
         let pool = kme.store.pool(pair.onu);
-        let count = predict(&pool, c.key_bytes() as u64, c.max_key_count as usize)?.len() as u64;
+        let runs = crate::KeyPool::unused_runs(&pool)?;
+        let count = api_keys_available(&runs, c.key_bytes() as u64, u64::from(c.max_key_count));
         Ok(Status {
             source_KME_ID: c.kme_id.clone(),
             target_KME_ID: c.peer_kme_id.clone(),
@@ -500,20 +635,29 @@ async fn enc_keys(kme: Arc<Kme>, pair: SaePair, req: KeyRequest) -> ApiResult<Ke
             .detail("extension_mandatory", "no extensions are supported"));
     }
     blocking(move || {
-        let c = &kme.config;
-        let unit = c.key_bytes();
-        let pool = kme.store.pool(pair.onu);
-        let _guard = kme.lock();
-        // Fail before consuming anything when the pool cannot serve the whole request.
-        if (predict(&pool, unit as u64, number as usize)?.len() as u64) < number {
-            return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Keys are being exhausted")
-                .detail("number", format!("fewer than {number} keys of {} bits available", c.key_size)));
+        let unit = kme.config.key_bytes();
+        let supply = kme
+            .supply
+            .as_ref()
+            .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "This KME issues no keys"))?;
+        let issued = supply.issue(pair.onu, unit, number as usize).map_err(|e| match e {
+            SupplyError::Exhausted { .. } => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Keys are being exhausted")
+                    .detail("number", e.to_string())
+            }
+            SupplyError::Unavailable { .. } => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Peer KME unreachable")
+                    .detail("onu", e.to_string())
+            }
+            SupplyError::Failed(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Key supply failed")
+                .detail("onu", e.to_string()),
+        })?;
+        if issued.len() as u64 != number {
+            return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Key supply failed")
+                .detail("number", format!("{} keys issued for {number}", issued.len())));
         }
-        let mut keys = Vec::with_capacity(number as usize);
-        for _ in 0..number {
-            let got = pool.consume(Purpose::Api, unit)?;
-            keys.push(KeyEntry { key_ID: key_id(got.block, got.offset), key: b64(&got.key) });
-        }
+        let keys =
+            issued.iter().map(|k| KeyEntry { key_ID: key_id(k.block, k.offset), key: b64(&k.key) }).collect();
         Ok(KeyContainer { keys })
     })
     .await
@@ -579,41 +723,46 @@ async fn dec_keys(kme: Arc<Kme>, pair: SaePair, ids: Vec<Uuid>) -> ApiResult<Key
     }
     blocking(move || {
         let c = &kme.config;
-        let unit = c.key_bytes();
+        let unit = c.key_bytes() as u64;
         let pool = kme.store.pool(pair.onu);
         let mut table = kme.lock();
-        // Phase 1: make every requested key pending (consuming up to it if needed); a
-        // failure here delivers nothing (keys consumed on the way stay pending).
+        // Find every requested key, waiting a little for announcements still on their way.
+        let deadline = Instant::now() + Duration::from_millis(c.dec_wait_ms);
+        let mut found = Vec::with_capacity(ids.len());
         for id in &ids {
-            if table.pending.contains_key(id) {
-                continue;
-            }
-            if table.delivered.contains(id) {
+            let at = loop {
+                match table.keys.get(id) {
+                    Some(&(onu, block, offset)) if onu == pair.onu => break (block, offset),
+                    _ => {}
+                }
+                if pool.is_delivered(*id)? {
+                    return Err(ApiError::bad("Key already delivered").detail("key_ID", id.to_string()));
+                }
+                if Instant::now() >= deadline {
+                    return Err(ApiError::bad("Unknown key_ID (not issued for this SAE pair)")
+                        .detail("key_ID", id.to_string()));
+                }
+                table.refresh(&pool, unit)?;
+                if !table.keys.contains_key(id) {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            };
+            found.push((*id, at));
+        }
+        // Read every key, then mark them all delivered (durably, all or none), then answer.
+        let mut keys = Vec::with_capacity(found.len());
+        for &(id, (block, offset)) in &found {
+            keys.push(KeyEntry { key_ID: id, key: b64(&pool.read_consumed(block, offset, unit)?) });
+        }
+        match pool.mark_delivered(&ids) {
+            Ok(()) => {}
+            Err(StoreError::AlreadyDelivered(id)) => {
                 return Err(ApiError::bad("Key already delivered").detail("key_ID", id.to_string()));
             }
-            let ahead = predict(&pool, unit as u64, c.lookahead as usize)?;
-            let Some(pos) = ahead.iter().position(|&(b, o)| key_id(b, o) == *id) else {
-                return Err(ApiError::bad("Unknown key_ID (not issued, or already delivered)")
-                    .detail("key_ID", id.to_string()));
-            };
-            for _ in 0..=pos {
-                let got = pool.consume(Purpose::Api, unit)?;
-                table.pending.insert(key_id(got.block, got.offset), got.key);
-            }
-            if !table.pending.contains_key(id) {
-                return Err(ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "Key pool changed during the request",
-                )
-                .detail("key_ID", id.to_string()));
-            }
+            Err(e) => return Err(e.into()),
         }
-        // Phase 2: deliver, once.
-        let mut keys = Vec::with_capacity(ids.len());
-        for id in ids {
-            let key = table.pending.remove(&id).ok_or_else(|| ApiError::bad("Unknown key_ID"))?;
-            table.delivered.insert(id);
-            keys.push(KeyEntry { key_ID: id, key: b64(&key) });
+        for id in &ids {
+            table.keys.remove(id);
         }
         Ok(KeyContainer { keys })
     })

@@ -79,10 +79,19 @@ pub trait KeyPool: Send {
         offset: u64,
         len: usize,
     ) -> Result<SecretBytes, PoolError>;
-    /// Consumptions made for `purpose`, in order: (block, offset, length). Their number is
-    /// the count of uses applied (the ONU reports it after a restart); the newest ones let
-    /// a restarted OLT re-send uses the ONU missed.
-    fn consumptions(&self, purpose: Purpose) -> Result<Vec<(Uuid, u64, u64)>, PoolError>;
+    /// Consumptions made for `purpose`, in order: (block, offset, length).
+    fn consumptions(&self, purpose: Purpose) -> Result<Vec<(Uuid, u64, u64)>, PoolError> {
+        Ok(self.consumptions_of(&[purpose])?.into_iter().map(|(_, b, o, l)| (b, o, l)).collect())
+    }
+    /// Consumptions made for any of `purposes`, in the order they were made: (purpose,
+    /// block, offset, length). With [`Purpose::MIRRORED`] these are the pool uses the OLT
+    /// announced (and the ONU applied), one for one.
+    fn consumptions_of(&self, purposes: &[Purpose]) -> Result<Vec<(Purpose, Uuid, u64, u64)>, PoolError>;
+    /// The unused bytes of the committed blocks, in cursor order: (block, first unused
+    /// offset, unused bytes), blocks without unused bytes left out. What a run of
+    /// [`take`](Self::take) calls would be served from, so a caller can size its requests
+    /// to a block's end instead of skipping its tail.
+    fn unused_runs(&self) -> Result<Vec<(Uuid, u64, u64)>, PoolError>;
     /// Bytes consumed for `purpose` so far.
     fn consumed_bytes(&self, purpose: Purpose) -> u64 {
         self.consumptions(purpose).map(|v| v.iter().map(|c| c.2).sum()).unwrap_or(0)
@@ -91,20 +100,17 @@ pub trait KeyPool: Send {
 
 /// The pool uses to restore into a restarted OLT session
 /// ([`qpon_qkd::session::OltSession::restore_pool_uses`]): the number of consumptions made
-/// for `purpose` and the newest `keep` of them as uses (without key switches).
-pub fn recent_uses(
-    pool: &dyn KeyPool,
-    purpose: Purpose,
-    keep: usize,
-) -> Result<(u64, Vec<PoolUse>), PoolError> {
-    let all = pool.consumptions(purpose)?;
+/// for the purposes the OLT announces ([`Purpose::MIRRORED`]) and the newest `keep` of them
+/// as uses (without key switches).
+pub fn recent_uses(pool: &dyn KeyPool, keep: usize) -> Result<(u64, Vec<PoolUse>), PoolError> {
+    let all = pool.consumptions_of(&Purpose::MIRRORED)?;
     let n = all.len() as u64;
     let skip = all.len().saturating_sub(keep);
     let uses = all
         .into_iter()
         .enumerate()
         .skip(skip)
-        .map(|(i, (block, offset, len))| PoolUse {
+        .map(|(i, (purpose, block, offset, len))| PoolUse {
             seq: i as u64 + 1,
             purpose: purpose as u8,
             block,
@@ -288,12 +294,26 @@ impl KeyPool for MemoryPool {
         self.consume(purpose, len, Some((block, offset))).map(|(_, _, k)| k)
     }
 
-    fn consumptions(&self, purpose: Purpose) -> Result<Vec<(Uuid, u64, u64)>, PoolError> {
+    fn consumptions_of(&self, purposes: &[Purpose]) -> Result<Vec<(Purpose, Uuid, u64, u64)>, PoolError> {
         Ok(self
             .ledger
             .iter()
-            .filter(|u| u.purpose == Some(purpose))
-            .map(|u| (u.block, u.offset, u.len))
+            .filter_map(|u| match u.purpose {
+                Some(p) if purposes.contains(&p) => Some((p, u.block, u.offset, u.len)),
+                _ => None,
+            })
+            .collect())
+    }
+
+    fn unused_runs(&self) -> Result<Vec<(Uuid, u64, u64)>, PoolError> {
+        Ok(self
+            .blocks
+            .iter()
+            .zip(&self.used)
+            .filter_map(|((id, key), &used)| {
+                let left = key.len() as u64 / 8 - used;
+                (left > 0).then_some((*id, used, left))
+            })
             .collect())
     }
 }
@@ -339,8 +359,12 @@ impl KeyPool for std::sync::Arc<std::sync::Mutex<MemoryPool>> {
         self.lock().map_err(|_| poisoned())?.take_named(purpose, block, offset, len)
     }
 
-    fn consumptions(&self, purpose: Purpose) -> Result<Vec<(Uuid, u64, u64)>, PoolError> {
-        self.lock().map_err(|_| poisoned())?.consumptions(purpose)
+    fn consumptions_of(&self, purposes: &[Purpose]) -> Result<Vec<(Purpose, Uuid, u64, u64)>, PoolError> {
+        self.lock().map_err(|_| poisoned())?.consumptions_of(purposes)
+    }
+
+    fn unused_runs(&self) -> Result<Vec<(Uuid, u64, u64)>, PoolError> {
+        self.lock().map_err(|_| poisoned())?.unused_runs()
     }
 }
 
@@ -401,8 +425,17 @@ impl KeyPool for StorePool {
         Ok(self.consume_at(purpose, block, offset, len)?)
     }
 
-    fn consumptions(&self, purpose: Purpose) -> Result<Vec<(Uuid, u64, u64)>, PoolError> {
-        Ok(StorePool::consumptions(self, purpose)?)
+    fn consumptions_of(&self, purposes: &[Purpose]) -> Result<Vec<(Purpose, Uuid, u64, u64)>, PoolError> {
+        Ok(StorePool::consumptions_of(self, purposes)?)
+    }
+
+    fn unused_runs(&self) -> Result<Vec<(Uuid, u64, u64)>, PoolError> {
+        Ok(self
+            .block_infos()?
+            .iter()
+            .filter(|b| b.remaining_bytes() > 0)
+            .map(|b| (b.id, b.used_bytes, b.remaining_bytes()))
+            .collect())
     }
 
     fn consumed_bytes(&self, purpose: Purpose) -> u64 {
@@ -456,8 +489,39 @@ mod tests {
         assert_eq!(a.consumed_bytes(Purpose::Downstream), 32);
         assert_eq!(b.consumptions(Purpose::Downstream).unwrap().len(), 2);
         assert!(matches!(a.take(Purpose::Downstream, 32), Err(PoolError::Exhausted { .. })));
-        let (n, uses) = recent_uses(&a, Purpose::Downstream, 1).unwrap();
+        let (n, uses) = recent_uses(&a, 1).unwrap();
         assert_eq!((n, uses.len(), uses[0].seq, uses[0].offset), (2, 1, 2, 0));
+    }
+
+    #[test]
+    fn announced_uses_cover_the_mirrored_purposes_in_order_and_runs_follow_the_cursor() {
+        let mut a = MemoryPool::new();
+        for (n, bytes) in [(1u128, 50usize), (2, 70)] {
+            a.append(Uuid::from_u128(n), &BitBlock::from_bools(&vec![true; 8 * bytes])).unwrap();
+        }
+        assert_eq!(a.unused_runs().unwrap(), vec![(Uuid::from_u128(1), 0, 50), (Uuid::from_u128(2), 0, 70)]);
+        // Five 16-byte API keys: three from block 1 (its 2-byte tail skipped), two from 2.
+        let plan = crate::etsi::api_runs(&a.unused_runs().unwrap(), 16, 5).unwrap();
+        assert_eq!(plan, vec![48, 32]);
+        assert_eq!(crate::etsi::api_runs(&a.unused_runs().unwrap(), 16, 8), None);
+        a.take(Purpose::Downstream, 10).unwrap();
+        a.take(Purpose::SensorAuth, 10).unwrap(); // not announced: not in the uses
+        let (_, _, k) = a.take(Purpose::Api, 16).unwrap();
+        assert_eq!(crate::etsi::split_run(Uuid::from_u128(1), 20, &k, 8).len(), 2);
+        a.take(Purpose::Downstream, 40).unwrap(); // skips block 1's 4-byte tail
+        assert_eq!(a.unused_runs().unwrap(), vec![(Uuid::from_u128(2), 40, 30)]);
+        let (n, uses) = recent_uses(&a, 8).unwrap();
+        let got: Vec<(u8, u64, u64, u32)> =
+            uses.iter().map(|u| (u.purpose, u.seq, u.offset, u.len)).collect();
+        assert_eq!(n, 3);
+        assert_eq!(
+            got,
+            vec![
+                (Purpose::Downstream as u8, 1, 0, 10),
+                (Purpose::Api as u8, 2, 20, 16),
+                (Purpose::Downstream as u8, 3, 0, 40)
+            ]
+        );
     }
 
     #[test]

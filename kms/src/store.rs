@@ -57,6 +57,9 @@ const ORDER: TableDefinition<(u16, u64), u128> = TableDefinition::new("block_ord
 const LEDGER: TableDefinition<(u16, u64), &[u8]> = TableDefinition::new("ledger");
 /// ONU → [`OnuMeta`] (counters kept in step with the other tables in every transaction).
 const ONUS: TableDefinition<u16, &[u8]> = TableDefinition::new("onus");
+/// ETSI key ID → the ONU it was delivered for: keys handed to an application through
+/// `dec_keys` (a key is delivered once per side; the OLT side delivers at consumption).
+const DELIVERED: TableDefinition<u128, u16> = TableDefinition::new("api_delivered");
 
 const FORMAT_KEY: &str = "version";
 const FORMAT_VERSION: u32 = 1;
@@ -152,6 +155,20 @@ pub enum StoreError {
         /// Where this pool's cursor is (`block@offset`, or `none`).
         found: String,
     },
+    /// The caller: this key was already delivered (a key is delivered once per side).
+    #[error("key {0} was already delivered")]
+    AlreadyDelivered(Uuid),
+    /// The caller: these bytes were never consumed from this pool (or their block was
+    /// discarded), so they cannot be read back.
+    #[error("bytes {block}@{offset}+{len} were not consumed from this pool")]
+    NotConsumed {
+        /// The block named.
+        block: Uuid,
+        /// First byte named.
+        offset: u64,
+        /// Bytes named.
+        len: u64,
+    },
 }
 
 impl StoreError {
@@ -217,6 +234,12 @@ impl Purpose {
     /// Every purpose, in code order (indexes [`Totals::consumed`]).
     pub const ALL: [Purpose; 4] =
         [Purpose::ClassicalAuth, Purpose::Downstream, Purpose::SensorAuth, Purpose::Api];
+
+    /// The purposes the OLT decides and announces to the ONU as pool uses (the ONU mirrors
+    /// them in the same order): downstream keys and keys delivered through the API.
+    /// Classical-channel pads follow the sessions' own schedule and sensor pads their
+    /// control station's reservations, so neither is announced.
+    pub const MIRRORED: [Purpose; 2] = [Purpose::Downstream, Purpose::Api];
 
     /// The purpose with code `c` (its `as u8` value), if any.
     pub fn from_code(c: u8) -> Option<Self> {
@@ -643,6 +666,7 @@ impl KeyStore {
             txn.open_table(SHARES)?;
             txn.open_table(ORDER)?;
             txn.open_table(LEDGER)?;
+            txn.open_table(DELIVERED)?;
             txn.open_table(ONUS)?;
             auth_ledger::create_tables(&txn)?;
         }
@@ -1064,10 +1088,20 @@ impl StorePool {
     /// Consumptions recorded for `purpose` (ledger entries), in order: (block, offset,
     /// length) each. The number of them is how many times the pool was consumed for it.
     pub fn consumptions(&self, purpose: Purpose) -> Result<Vec<(Uuid, u64, u64)>, StoreError> {
+        Ok(self.consumptions_of(&[purpose])?.into_iter().map(|(_, b, o, l)| (b, o, l)).collect())
+    }
+
+    /// Consumptions for any of `purposes`, in ledger order: (purpose, block, offset, length).
+    pub fn consumptions_of(
+        &self,
+        purposes: &[Purpose],
+    ) -> Result<Vec<(Purpose, Uuid, u64, u64)>, StoreError> {
         Ok(self
             .ledger()?
-            .filter(|e| e.kind == LedgerKind::Consumed(purpose))
-            .map(|e| (e.block, e.offset, e.len))
+            .filter_map(|e| match e.kind {
+                LedgerKind::Consumed(p) if purposes.contains(&p) => Some((p, e.block, e.offset, e.len)),
+                _ => None,
+            })
             .collect())
     }
 
@@ -1194,6 +1228,58 @@ impl StorePool {
             });
         }
         Ok(out)
+    }
+
+    /// Reads back `len` bytes at `offset` of `block` that were already consumed (e.g. keys
+    /// mirrored for the API, waiting in the delivery table until their application asks).
+    /// [`StoreError::NotConsumed`] for bytes still in the pool (they must be taken through
+    /// the cursor) or of a block not committed here (a discarded block's bytes are gone).
+    pub fn read_consumed(&self, block: Uuid, offset: u64, len: u64) -> Result<SecretBytes, StoreError> {
+        let not = || StoreError::NotConsumed { block, offset, len };
+        let txn = self.db.begin_read()?;
+        let blocks = txn.open_table(BLOCKS)?;
+        let b = match load_block(&blocks, block)? {
+            Some(b) if b.onu == self.onu && b.info.state == BlockState::Committed => b,
+            _ => return Err(not()),
+        };
+        let end = offset.checked_add(len).ok_or_else(not)?;
+        if len == 0 || end > b.info.used_bytes {
+            return Err(not());
+        }
+        let keys = txn.open_table(KEYS)?;
+        let stored = keys
+            .get(block.as_u128())?
+            .ok_or_else(|| StoreError::Corrupt(format!("key bytes of block {block} missing")))?;
+        let all = open_value(self.cipher.as_deref(), &b, ValueKind::Key, stored.value())?;
+        let range = usize::try_from(offset).ok().zip(usize::try_from(end).ok());
+        range
+            .and_then(|(o, e)| all.expose().get(o..e))
+            .map(SecretBytes::from_slice)
+            .ok_or_else(|| StoreError::Corrupt(format!("key bytes of block {block} short")))
+    }
+
+    /// Records keys `ids` as delivered for this ONU, all or none, durably: fails with
+    /// [`StoreError::AlreadyDelivered`] (recording nothing) if any of them was delivered
+    /// before. Call before handing the keys out, so a crash can lose a delivery but never
+    /// repeat one.
+    pub fn mark_delivered(&self, ids: &[Uuid]) -> Result<(), StoreError> {
+        let txn = begin(&self.db)?;
+        {
+            let mut t = txn.open_table(DELIVERED)?;
+            for id in ids {
+                if t.insert(id.as_u128(), self.onu)?.is_some() {
+                    return Err(StoreError::AlreadyDelivered(*id));
+                }
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Whether key `id` was delivered (by [`StorePool::mark_delivered`]).
+    pub fn is_delivered(&self, id: Uuid) -> Result<bool, StoreError> {
+        let txn = self.db.begin_read()?;
+        Ok(txn.open_table(DELIVERED)?.get(id.as_u128())?.is_some())
     }
 
     /// Every ledger entry of this ONU, in order (a snapshot, for audits).

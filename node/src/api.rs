@@ -9,7 +9,7 @@
 use crate::StartError;
 use crate::config::ConfigError;
 use qpon_kms::KeyStore;
-use qpon_kms::etsi::{Kme, KmeConfig, SaeMap, SaePair, Side};
+use qpon_kms::etsi::{KeySupply, Kme, KmeConfig, SaeMap, SaePair, Side};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -172,12 +172,15 @@ impl ApiServer {
 }
 
 /// Starts the ETSI API of `section` on the current tokio runtime when it is enabled
-/// (`None` otherwise), serving `side`'s pairs from `store`. The TLS files are read now,
-/// so a bad one fails the start, naming its field.
+/// (`None` otherwise), serving `side`'s pairs from `store`: the OLT issues keys through
+/// `supply` (its driver, which announces them to the ONUs), an ONU serves what its pool
+/// mirrored (`supply` is `None`). The TLS files are read now, so a bad one fails the
+/// start, naming its field.
 pub async fn start_api(
     section: &ApiSection,
     side: ApiSide<'_>,
     store: KeyStore,
+    supply: Option<Arc<dyn KeySupply>>,
 ) -> Result<Option<ApiServer>, StartError> {
     if !section.enabled() {
         return Ok(None);
@@ -193,7 +196,7 @@ pub async fn start_api(
     let mut kc = KmeConfig::new(kme_id, peer, kme_side);
     kc.key_size = section.key_size_bits;
     kc.max_key_per_request = section.max_keys_per_request;
-    let kme = Kme::new(kc, saes, store).map_err(|e| ConfigError::field("api", e))?;
+    let kme = Kme::new(kc, saes, store, supply).map_err(|e| ConfigError::field("api", e))?;
     let listen = section.listen.clone();
     let listener = std::net::TcpListener::bind(&listen)
         .map_err(|source| StartError::Listen { addr: listen.clone(), source })?;

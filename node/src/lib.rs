@@ -22,6 +22,21 @@ pub use http::{StatusPage, fetch, serve_status};
 pub use psk::{MIN_PSK_BYTES, read_psk, write_psk};
 pub use store::{PoolFigures, PoolSource, StoreSettings, open_store, resolve_kek};
 
+/// Length of a (XG)S-PON superframe: 125 µs.
+pub const SUPERFRAME_NS: u64 = 125_000;
+
+/// The services' downstream superframe counter: UNIX time in 125 µs superframes. Both ends
+/// read it from their own clock (kept close by NTP), it never goes back across restarts
+/// (a restarted OLT's counters stay ahead of every block it used before), and a key
+/// announced to apply from superframe S switches at nearly the same instant at both ends.
+/// The boards (hardware issue) will carry the PON's own superframe counter instead.
+pub fn wall_superframe() -> u64 {
+    let ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+    ns / SUPERFRAME_NS
+}
+
 /// Why a service did not start (the `olt` and `onu` services share these causes).
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {

@@ -2,6 +2,7 @@
 //! shipped in the binary (`olt show-config`); every key has the default it documents, and
 //! an unknown key is an error naming it (a typo must not silently fall back to a default).
 
+use crate::downstream::DownstreamConfig;
 use crate::monitor::MonitorConfig;
 use crate::scheduling::SchedulingConfig;
 pub use qpon_node::ConfigError;
@@ -43,6 +44,9 @@ pub struct OltConfig {
     /// The ETSI GS QKD 014 key-delivery API (off by default).
     #[serde(default)]
     pub api: ApiSection,
+    /// Downstream encryption keys from the pools, with key switching (off by default).
+    #[serde(default)]
+    pub downstream: DownstreamConfig,
 }
 
 /// `[olt]`.
@@ -161,6 +165,19 @@ impl OltConfig {
         }
         if self.olt.data_dir.as_os_str().is_empty() {
             return bad("olt.data_dir", "must not be empty");
+        }
+        let ds = &self.downstream;
+        if ds.enabled && ds.rotate_every_superframes == 0 && ds.rotate_every_bytes == 0 {
+            return bad(
+                "downstream.rotate_every_superframes",
+                "with rotate_every_bytes = 0, keys would never rotate",
+            );
+        }
+        if ds.enabled && ds.lead_superframes == 0 {
+            return bad(
+                "downstream.lead_superframes",
+                "must be at least 1 (the ONU needs the key before the switch)",
+            );
         }
         let sch = &self.scheduling.scheduler;
         if let Err(e) = sch.validate() {

@@ -22,9 +22,10 @@ use crate::monitor::{Alarm, Counts, Monitor};
 use crate::scheduling::{Action, LinkView, OnuScheduling, ScheduleStepError, Scheduling, SchedulingConfig};
 use crate::stats::OnuStats;
 use qpon_hw::{DetectionRecord, DetectorStatus};
-use qpon_kms::KeyPool;
+use qpon_kms::etsi::{IssuedKey, SupplyError, api_keys_available, api_runs, split_run};
+use qpon_kms::{KeyPool, Purpose};
 use qpon_mux::{Equalisation, OnuActivation, OnuId, SlotMapSchedule};
-use qpon_qkd::session::{Event, OltSession};
+use qpon_qkd::session::{Event, OltSession, PoolUse};
 use qpon_qkd::time::Instant;
 use rand::CryptoRng;
 use std::collections::{BTreeMap, VecDeque};
@@ -46,14 +47,11 @@ pub struct OnuLink<R: CryptoRng> {
 impl<R: CryptoRng> OnuLink<R> {
     /// Wraps a session and its pool.
     pub fn new(mut session: OltSession<R>, pool: Box<dyn KeyPool>) -> Self {
-        // After a restart: the uses made so far (every announced use is a Downstream
-        // consumption), and the newest of them to re-send to an ONU that missed them.
+        // After a restart: the uses made so far (every announced use is a consumption for a
+        // mirrored purpose: downstream keys, API keys), and the newest of them to re-send
+        // to an ONU that missed them.
         if session.pool_uses() == (0, 0)
-            && let Ok((n, recent)) = qpon_kms::recent_uses(
-                pool.as_ref(),
-                qpon_kms::Purpose::Downstream,
-                qpon_qkd::session::USE_LOG,
-            )
+            && let Ok((n, recent)) = qpon_kms::recent_uses(pool.as_ref(), qpon_qkd::session::USE_LOG)
             && n > 0
         {
             session.restore_pool_uses(n, recent);
@@ -102,6 +100,60 @@ impl<R: CryptoRng> OnuLink<R> {
             }
             Rotation::NotDue | Rotation::PoolEmpty => {}
         }
+    }
+
+    /// Issues `number` ETSI API keys of `unit` bytes (see [`qpon_kms::etsi`]): taken from
+    /// the pool durably, in as few runs as its blocks allow, each run announced to the ONU
+    /// as a pool use so its pool mirrors it. Only while the session can announce them at
+    /// once (synced, running, the use log far from full); otherwise nothing is consumed. A
+    /// pool or announcement failure part-way stops the session (fail closed): the runs
+    /// already taken stay consumed and announced, recorded in the ledger, not returned.
+    fn issue_api_keys(
+        &mut self,
+        now: Instant,
+        unit: usize,
+        number: usize,
+    ) -> Result<Vec<IssuedKey>, SupplyError> {
+        let onu = self.session.config().onu;
+        let unavailable = |why: &str| SupplyError::Unavailable { onu, why: why.into() };
+        if self.session.is_stopped() {
+            return Err(unavailable("its session is stopped"));
+        }
+        if !self.session.is_synced() {
+            return Err(unavailable("not connected, or its pool sync has not finished"));
+        }
+        let runs = self.pool.unused_runs().map_err(|e| SupplyError::Failed(e.to_string()))?;
+        let plan = api_runs(&runs, unit as u64, number as u64).ok_or(SupplyError::Exhausted {
+            requested: number as u64,
+            available: api_keys_available(&runs, unit as u64, u64::MAX),
+        })?;
+        if self.session.pool_uses_unacked() + plan.len() as u64 > (qpon_qkd::session::USE_LOG / 2) as u64 {
+            return Err(unavailable("too many pool uses await its acknowledgement"));
+        }
+        let mut keys = Vec::with_capacity(number);
+        for len in plan {
+            let taken = self.pool.take(Purpose::Api, len as usize);
+            let announced = taken.map_err(|e| e.to_string()).and_then(|(block, offset, bytes)| {
+                let u = PoolUse {
+                    seq: 0,
+                    purpose: Purpose::Api as u8,
+                    block,
+                    offset,
+                    len: len as u32,
+                    switch: None,
+                };
+                self.session.announce_use(now, u).map_err(|e| format!("pool use not announced: {e}"))?;
+                keys.extend(split_run(block, offset, &bytes, unit));
+                Ok(())
+            });
+            if let Err(e) = announced {
+                self.stats.pool_error = Some(e.clone());
+                self.session.pool_failed(now);
+                return Err(SupplyError::Failed(e));
+            }
+        }
+        self.stats.api_keys += keys.len() as u64;
+        Ok(keys)
     }
 
     /// Frames refused so far (malformed, replayed, bad tags…).
@@ -262,6 +314,25 @@ impl<R: CryptoRng + Send> OltDriver<R> {
         let ds =
             self.onus.get_mut(&onu).and_then(|l| l.downstream.as_mut()).ok_or(SealError::NotEnabled(onu))?;
         ds.seal(onu, superframe, payload)
+    }
+
+    /// Issues `number` ETSI API keys of `unit` bytes from `onu`'s pool, announced to the ONU
+    /// (see `OnuLink`'s `issue_api_keys`); the announcements are queued for
+    /// [`poll_transmit`](Self::poll_transmit).
+    pub fn issue_api_keys(
+        &mut self,
+        now: Instant,
+        onu: u16,
+        unit: usize,
+        number: usize,
+    ) -> Result<Vec<IssuedKey>, SupplyError> {
+        let link = self
+            .onus
+            .get_mut(&onu)
+            .ok_or_else(|| SupplyError::Unavailable { onu, why: "not configured at this OLT".into() })?;
+        let r = link.issue_api_keys(now, unit, number);
+        link.flush(now, onu, &mut self.outbox);
+        r
     }
 
     /// `onu`'s downstream counters, when downstream encryption is on.

@@ -29,6 +29,7 @@ use crate::config::OltConfig;
 use crate::driver::{OltDriver, OnuLink};
 use crate::status::OltStatus;
 use qpon_hw::{DetectionRecord, DetectorSource};
+use qpon_kms::etsi::{IssuedKey, KeySupply, SupplyError};
 use qpon_kms::{End, KeyPool, KeyStore, MemoryPool};
 use qpon_mux::scheduler::{OnuDemand, Policy, SchedulerConfig, schedule};
 use qpon_mux::{Equalisation, OnuId, RangingConfig, SlotMap, SlotMapSchedule};
@@ -94,10 +95,54 @@ pub struct OltHandle {
 }
 
 enum Input {
-    Connected { onu: u16, conn: u64, tx: UnboundedSender<Vec<u8>> },
-    Frame { onu: u16, conn: u64, bytes: Vec<u8> },
-    Closed { onu: u16, conn: u64 },
+    Connected {
+        onu: u16,
+        conn: u64,
+        tx: UnboundedSender<Vec<u8>>,
+    },
+    /// The ETSI API's `enc_keys`: keys to issue from an ONU's pool (see [`DriverSupply`]).
+    IssueKeys {
+        onu: u16,
+        unit: usize,
+        number: usize,
+        reply: mpsc::Sender<Result<Vec<IssuedKey>, SupplyError>>,
+    },
+    Frame {
+        onu: u16,
+        conn: u64,
+        bytes: Vec<u8>,
+    },
+    Closed {
+        onu: u16,
+        conn: u64,
+    },
     Shutdown,
+}
+
+/// How long `enc_keys` waits for the driver loop to issue its keys.
+const ISSUE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The OLT's [`KeySupply`] for the ETSI API: asks the driver loop, which owns the pools and
+/// the sessions, to take the keys and announce them to the ONU (so both ends consume the
+/// same bytes in the same order as the downstream keys around them).
+struct DriverSupply {
+    inputs: std::sync::Mutex<mpsc::Sender<Input>>,
+}
+
+impl KeySupply for DriverSupply {
+    fn issue(&self, onu: u16, unit: usize, number: usize) -> Result<Vec<IssuedKey>, SupplyError> {
+        let (reply, answer) = mpsc::channel();
+        let sent =
+            self.inputs.lock().map(|tx| tx.send(Input::IssueKeys { onu, unit, number, reply }).is_ok());
+        if !matches!(sent, Ok(true)) {
+            return Err(SupplyError::Unavailable { onu, why: "the OLT is shutting down".into() });
+        }
+        // The driver answers within one loop turn; a timeout means it is stuck (the keys,
+        // if it issues them later, stay consumed and announced: recorded, not delivered).
+        answer
+            .recv_timeout(ISSUE_TIMEOUT)
+            .map_err(|_| SupplyError::Unavailable { onu, why: "the driver did not answer".into() })?
+    }
 }
 
 /// Equal shares of the frame among `onus` (what applies before the scheduler has data).
@@ -144,6 +189,9 @@ impl OltHandle {
             .collect();
         driver.monitor_mut().set_config(cfg.monitor.clone());
         driver.enable_scheduling(cfg.scheduling);
+        if cfg.downstream.enabled {
+            driver.enable_downstream(cfg.downstream);
+        }
         let settings = StoreSettings {
             data_dir: &cfg.olt.data_dir,
             data_dir_field: "olt.data_dir",
@@ -197,13 +245,17 @@ impl OltHandle {
         let local_addr = listener
             .local_addr()
             .map_err(|source| StartError::Listen { addr: cfg.olt.listen.to_string(), source })?;
+        let (inputs, rx) = mpsc::channel();
         let api = match &store {
-            Some(store) => qpon_node::api::start_api(&cfg.api, ApiSide::Olt(&ids), store.clone()).await?,
+            Some(store) => {
+                let supply: Arc<dyn KeySupply> =
+                    Arc::new(DriverSupply { inputs: std::sync::Mutex::new(inputs.clone()) });
+                qpon_node::api::start_api(&cfg.api, ApiSide::Olt(&ids), store.clone(), Some(supply)).await?
+            }
             None => None,
         };
         let api_addr = api.as_ref().map(|a| a.addr);
         let status = Arc::new(RwLock::new(OltStatus::default()));
-        let (inputs, rx) = mpsc::channel();
         let mut tasks = Vec::new();
 
         let metrics_addr = if cfg.olt.metrics_listen.is_empty() {
@@ -419,6 +471,13 @@ fn driver_loop(
                         conns.remove(&onu);
                     }
                 }
+                Input::IssueKeys { onu, unit, number, reply } => {
+                    let r = driver.issue_api_keys(t, onu, unit, number);
+                    if let Err(e) = &r {
+                        debug!(onu, error = %e, "API keys not issued");
+                    }
+                    let _ = reply.send(r);
+                }
                 Input::Shutdown => stop = true,
             }
             if frames.len() >= 4096 {
@@ -453,6 +512,8 @@ fn driver_loop(
                 Ok(None) => {}
                 Err(e) => warn!(error = %e, "scheduling step failed; the previous map stays"),
             }
+            // Downstream keys: rotations due are taken from the pools and announced.
+            driver.downstream_tick(t, qpon_node::wall_superframe());
             next_poll = t + poll;
         }
         if driver.poll_timeout().is_some_and(|d| d <= t) {

@@ -25,6 +25,8 @@ pub struct OnuStats {
     pub discarded: u64,
     /// The pool's last failure (the session then stopped).
     pub pool_error: Option<String>,
+    /// ETSI API keys issued from this ONU's pool (and announced to it).
+    pub api_keys: u64,
     /// The last finished block's statistics.
     pub last_block: Option<BlockStats>,
     /// Gates the ONU owned by slot map (pulses it sent), up to the last detector status.

@@ -65,6 +65,13 @@ pub struct OnuStatus {
     pub aborted: BTreeMap<String, u64>,
     /// Alarms raised for it.
     pub alarms: Vec<String>,
+    /// ETSI API keys issued from its pool.
+    pub api_keys: u64,
+    /// Downstream keys taken from its pool and announced (0 with downstream encryption off).
+    pub downstream_keys: u64,
+    /// The newest downstream alarm (e.g. pool empty when a rotation was due), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub downstream_alarm: Option<String>,
 }
 
 impl qpon_node::StatusPage for OltStatus {
@@ -105,6 +112,9 @@ impl OltStatus {
                     refused_frames: l.refused(),
                     aborted: s.aborted.clone(),
                     alarms: driver.alarms(onu).map(|a| a.to_string()).collect(),
+                    api_keys: s.api_keys,
+                    downstream_keys: l.downstream().map_or(0, |d| d.stats().keys_installed),
+                    downstream_alarm: l.downstream().and_then(|d| d.stats().alarm).map(|a| format!("{a:?}")),
                 }
             })
             .collect();
@@ -187,6 +197,18 @@ impl OltStatus {
             "counter",
             "Blocks discarded from the ONU's pool.",
             &mut per_onu(|o| o.discarded_blocks as f64),
+        );
+        metric(
+            "api_keys_total",
+            "counter",
+            "ETSI GS QKD 014 keys issued from the ONU's pool.",
+            &mut per_onu(|o| o.api_keys as f64),
+        );
+        metric(
+            "downstream_keys_total",
+            "counter",
+            "Downstream encryption keys taken from the ONU's pool and announced.",
+            &mut per_onu(|o| o.downstream_keys as f64),
         );
         let consumed: Vec<(String, f64)> = self
             .onus

@@ -32,6 +32,27 @@ pub struct OnuConfig {
     /// The ETSI GS QKD 014 key-delivery API (off by default).
     #[serde(default)]
     pub api: ApiSection,
+    /// Downstream decryption keys (installed as the OLT announces them).
+    #[serde(default)]
+    pub downstream: DownstreamSection,
+}
+
+/// `[downstream]`: the ONU installs every downstream key the OLT announces (whether or not
+/// the OLT has downstream encryption on is the OLT's setting); this only tunes how long the
+/// previous key stays usable.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DownstreamSection {
+    /// Superframes (125 µs) after a key switch during which frames under the previous key
+    /// are still opened (default 800 = 100 ms: frames in flight, clock skew between the
+    /// ends); then the previous key is erased.
+    pub overlap_superframes: u64,
+}
+
+impl Default for DownstreamSection {
+    fn default() -> Self {
+        Self { overlap_superframes: 800 }
+    }
 }
 
 /// `[onu]`.

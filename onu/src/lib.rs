@@ -75,10 +75,10 @@ impl<P: PulseSource> OnuDriver<P> {
     /// A driver for `session`, reading pulses from `source`, appending to `pool`.
     pub fn new(mut session: OnuSession, source: P, pool: Box<dyn KeyPool>) -> Self {
         // After a restart the pool knows how many of the OLT's uses it mirrored (every
-        // mirrored use is a Downstream consumption here): the pool sync tells the OLT,
-        // which re-sends the rest.
+        // mirrored use is a consumption for a mirrored purpose here): the pool sync tells
+        // the OLT, which re-sends the rest.
         if session.pool_uses() == (0, 0)
-            && let Ok(done) = pool.consumptions(Purpose::Downstream)
+            && let Ok(done) = pool.consumptions_of(&Purpose::MIRRORED)
         {
             session.restore_pool_uses(done.len() as u64);
         }

@@ -103,9 +103,10 @@ impl OnuHandle {
         if cfg.api.enabled() && store.is_none() {
             return Err(ConfigError::field("api.listen", "the ETSI API needs the key store").into());
         }
-        let driver = OnuDriver::new(session, source, pool);
+        let mut driver = OnuDriver::new(session, source, pool);
+        driver.set_downstream_overlap(cfg.downstream.overlap_superframes);
         let api = match &store {
-            Some(store) => qpon_node::api::start_api(&cfg.api, ApiSide::Onu(id), store.clone()).await?,
+            Some(store) => qpon_node::api::start_api(&cfg.api, ApiSide::Onu(id), store.clone(), None).await?,
             None => None,
         };
         let api_addr = api.as_ref().map(|a| a.addr);
@@ -193,6 +194,7 @@ fn snapshot<P: PulseSource>(
         refused_frames: s.refused,
         source_errors: s.source_errors,
         aborted: s.aborted.clone(),
+        downstream_keys: d.downstream_stats().keys_installed,
     }
 }
 
@@ -302,7 +304,10 @@ async fn connected<P: PulseSource>(
                     let _ = driver.handle_frame(now, &f);
                 }
             }
-            _ = tick.tick() => driver.poll_source(clock.now()),
+            _ = tick.tick() => {
+                driver.poll_source(clock.now());
+                driver.advance_downstream(qpon_node::wall_superframe());
+            }
             _ = stats.tick() => { publish(driver, true, connections); }
             _ = stop.changed() => return Ok(()),
         }

@@ -42,6 +42,8 @@ pub struct OnuStatus {
     pub source_errors: u64,
     /// Aborted blocks by reason.
     pub aborted: BTreeMap<String, u64>,
+    /// Downstream keys installed from the OLT's announcements.
+    pub downstream_keys: u64,
 }
 
 impl qpon_node::StatusPage for OnuStatus {
@@ -88,6 +90,12 @@ impl qpon_node::StatusPage for OnuStatus {
             "Pulse look-ups the source could not serve.",
             self.source_errors as f64,
         );
+        one(
+            "downstream_keys_total",
+            "counter",
+            "Downstream keys installed from the OLT's announcements.",
+            self.downstream_keys as f64,
+        );
         one("uptime_seconds", "gauge", "Seconds since start.", self.uptime_s);
         let _ = writeln!(out, "# HELP qpon_onu_pool_consumed_bytes_total Key bytes consumed, by purpose.");
         let _ = writeln!(out, "# TYPE qpon_onu_pool_consumed_bytes_total counter");
@@ -107,7 +115,7 @@ impl OnuStatus {
     /// A table for people.
     pub fn to_table(&self) -> String {
         let mut out = String::new();
-        let rows: [(&str, String); 13] = [
+        let rows: [(&str, String); 14] = [
             ("onu", self.onu.to_string()),
             ("connection", if self.connected { "up".into() } else { "down".into() }),
             ("connections", self.connections.to_string()),
@@ -120,6 +128,7 @@ impl OnuStatus {
             ("discarded blocks", self.discarded.to_string()),
             ("refused frames", self.refused_frames.to_string()),
             ("source errors", self.source_errors.to_string()),
+            ("downstream keys", self.downstream_keys.to_string()),
             ("uptime, s", format!("{:.1}", self.uptime_s)),
         ];
         for (k, v) in rows {

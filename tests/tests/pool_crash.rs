@@ -14,10 +14,11 @@
 //!   recorded as discarded wherever it exists — and some blocks were caught mid-commit and
 //!   discarded on both ends (else the test proved little);
 //! - no authentication unit (hash key, pad) was used twice at either end;
-//! - the downstream keys the OLT took from its pool and announced (`PoolUse`, every
-//!   one per committed block while running) were mirrored by the ONU exactly: both ledgers list the same
-//!   consumptions for `Purpose::Downstream`, in the same order — none applied twice, none
-//!   lost, whichever end was killed between taking, announcing, applying and acknowledging.
+//! - the keys the OLT took from its pool and announced (`PoolUse`: one per committed block
+//!   while running, alternately a downstream key and a run of two ETSI API keys) were
+//!   mirrored by the ONU exactly: both ledgers list the same consumptions for the mirrored
+//!   purposes (`Purpose::MIRRORED`), in the same order — none applied twice, none lost,
+//!   whichever end was killed between taking, announcing, applying and acknowledging.
 //!
 //! The quantum channel is a pure function of the gate index (`pulse`, `detection`), so the
 //! two processes agree on it without talking; every OLT incarnation starts at a fresh gate
@@ -171,14 +172,14 @@ fn pool_worker() {
     let mut session = if olt {
         let mut s = OltSession::new(cfg(), r.material, Box::new(r.ledger), rng::os_rng());
         s.restore_last_committed(r.last_committed.map(|(id, _)| id));
-        // The uses announced so far are the Downstream consumptions in the ledger.
-        let (last, recent) = qpon_kms::recent_uses(&pool, Purpose::Downstream, USE_LOG).unwrap();
+        // The uses announced so far are the mirrored consumptions in the ledger.
+        let (last, recent) = qpon_kms::recent_uses(&pool, USE_LOG).unwrap();
         s.restore_pool_uses(last, recent);
         Session::Olt(Box::new(s))
     } else {
         let mut s = OnuSession::new(cfg(), r.material, Box::new(r.ledger));
         s.restore_last_committed(r.last_committed);
-        s.restore_pool_uses(pool.consumptions(Purpose::Downstream).unwrap().len() as u64);
+        s.restore_pool_uses(pool.consumptions_of(&Purpose::MIRRORED).unwrap().len() as u64);
         Session::Onu(Box::new(s))
     };
     // At most one downstream key per committed block: the authentication budget of a
@@ -234,7 +235,7 @@ fn pool_worker() {
             gate += 50_000;
             s.handle_detections(now(), &dets);
         }
-        // A downstream key now and then: taken durably, then announced.
+        // A downstream key or two API keys now and then: taken durably, then announced.
         if let Session::Olt(s) = &mut session
             && !settle
             && s.is_synced()
@@ -243,15 +244,11 @@ fn pool_worker() {
             && KeyPool::blocks(&pool) > used_at_blocks
         {
             used_at_blocks = KeyPool::blocks(&pool);
-            if let Ok((block, offset, _key)) = pool.take(Purpose::Downstream, 16) {
-                let u = PoolUse {
-                    seq: 0,
-                    purpose: Purpose::Downstream as u8,
-                    block,
-                    offset,
-                    len: 16,
-                    switch: None,
-                };
+            let (purpose, len) =
+                if used_at_blocks.is_multiple_of(2) { (Purpose::Downstream, 16) } else { (Purpose::Api, 64) };
+            if let Ok((block, offset, _key)) = pool.take(purpose, len) {
+                let u =
+                    PoolUse { seq: 0, purpose: purpose as u8, block, offset, len: len as u32, switch: None };
                 if s.announce_use(now(), u).is_err() {
                     s.pool_failed(now());
                 }
@@ -492,11 +489,13 @@ fn kill_9_of_either_end_leaves_agreeing_pools() {
         }
     }
     both_discarded /= 2;
-    // The downstream keys: the ONU mirrored exactly what the OLT took.
+    // The downstream and API keys: the ONU mirrored exactly what the OLT took.
     let (uo, un) =
-        (po.consumptions(Purpose::Downstream).unwrap(), pn.consumptions(Purpose::Downstream).unwrap());
-    assert!(!uo.is_empty(), "no downstream key was taken");
-    assert_eq!(uo, un, "the mirrored downstream consumptions differ");
+        (po.consumptions_of(&Purpose::MIRRORED).unwrap(), pn.consumptions_of(&Purpose::MIRRORED).unwrap());
+    for p in Purpose::MIRRORED {
+        assert!(uo.iter().any(|u| u.0 == p), "no {p:?} key was taken");
+    }
+    assert_eq!(uo, un, "the mirrored consumptions differ");
     // The same bytes at both ends.
     let (ko, kn) = (drain(&po), drain(&pn));
     assert!(!ko.is_empty());
@@ -510,11 +509,12 @@ fn kill_9_of_either_end_leaves_agreeing_pools() {
     }
     eprintln!(
         "{kills} kills in {:.1} s: {} blocks committed at both ends, {both_discarded} caught mid-commit and \
-         discarded at both, {} discarded at one end only; {} downstream keys mirrored",
+         discarded at both, {} discarded at one end only; {} downstream and {} API uses mirrored",
         t0.elapsed().as_secs_f64(),
         co.len(),
         io.iter().chain(&inn).filter(|b| b.state == BlockState::Discarded).count() - 2 * both_discarded,
-        uo.len(),
+        uo.iter().filter(|u| u.0 == Purpose::Downstream).count(),
+        uo.iter().filter(|u| u.0 == Purpose::Api).count(),
     );
     assert!(both_discarded > 0, "no kill landed inside a commit: raise QPON_POOL_KILLS");
 }

@@ -4,9 +4,11 @@
 //! - an OLT and two ONUs make key, stop, start again on the same stores and make more; then
 //!   every ONU's committed blocks are the same, in ID and order, at both ends, the same
 //!   consumptions at both ends yield the same bytes, and no pad was used twice;
-//! - ETSI GS QKD 014 over real mutual TLS from the running services: the master SAE gets
-//!   keys from the OLT's `enc_keys`, the slave behind the ONU the same keys from the ONU's
-//!   `dec_keys`, and another SAE's certificate gets 401.
+//! - ETSI GS QKD 014 over real mutual TLS from the running services, with downstream key
+//!   rotation on: the master SAE gets keys from the OLT's `enc_keys`, the slave behind the
+//!   ONU the same keys from the ONU's `dec_keys` (announced as pool uses between the
+//!   downstream keys), once only, also across an ONU restart; another SAE's certificate
+//!   gets 401; both ledgers list the same downstream and API consumptions in order.
 
 use qpon_hw::{DetectionRecord, DetectorSource, DetectorStatus, SourceError};
 use qpon_kms::etsi::{DevCerts, dev_certs};
@@ -283,7 +285,7 @@ fn keys_of(v: &Value) -> Vec<(String, String)> {
 }
 
 #[test]
-fn etsi_keys_from_the_running_services_over_mutual_tls() {
+fn etsi_keys_and_downstream_keys_from_the_running_services() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async {
         let t0 = Instant::now();
@@ -293,22 +295,25 @@ fn etsi_keys_from_the_running_services_over_mutual_tls() {
         qpon_node::write_psk(&d.join("onu-0.psk"), 16 * 1024).unwrap();
         let certs = dev_certs(&d.join("certs"), &[MASTER, SLAVE, INTRUDER]).unwrap();
         let files = "ca_file = \"certs/ca.pem\"\ncert_file = \"certs/server.pem\"\nkey_file = \"certs/server.key\"\n";
-        let olt_api = format!(
-            "[api]\nlisten = \"127.0.0.1:0\"\n{files}[[api.sae]]\nonu = 0\nmaster = \"{MASTER}\"\nslave = \"{SLAVE}\"\n"
+        // Downstream keys rotate every 0.5 s (4000 superframes), so API runs and downstream
+        // keys interleave in the pool's consumption order.
+        let olt_tail = format!(
+            "[api]\nlisten = \"127.0.0.1:0\"\n{files}[[api.sae]]\nonu = 0\nmaster = \"{MASTER}\"\nslave = \"{SLAVE}\"\n\
+             [downstream]\nenabled = true\nrotate_every_superframes = 4000\nlead_superframes = 400\n"
         );
         let onu_api =
             format!("[api]\nlisten = \"127.0.0.1:0\"\n{files}[[api.sae]]\nmaster = \"{MASTER}\"\nslave = \"{SLAVE}\"\n");
         let sim = SimPon::new(&pon);
-        let cfg = olt_config(d, &pon, false, &olt_api);
+        let cfg = olt_config(d, &pon, false, &olt_tail);
         let parts = OltParts::new(Box::new(sim.detector()));
         let parts = OltParts { slot_map: Some(mux_map(&pon)), ..parts };
         let olt = OltHandle::start(cfg.clone(), parts).await.expect("the OLT starts");
-        let onu = OnuHandle::start(onu_config(d, &cfg, 0, olt.local_addr, &onu_api), sim.source(0), PoolSource::Config)
-            .await
-            .expect("the ONU starts");
-        let (olt_api, onu_api) = (olt.api_addr.expect("OLT API on"), onu.api_addr.expect("ONU API on"));
-        wait_for("a committed block at the OLT", Duration::from_secs(60), || {
-            olt.status().onus[0].committed_blocks >= 1
+        let onu_cfg = onu_config(d, &cfg, 0, olt.local_addr, &onu_api);
+        let onu = OnuHandle::start(onu_cfg.clone(), sim.source(0), PoolSource::Config).await.expect("the ONU starts");
+        let olt_api = olt.api_addr.expect("OLT API on");
+        let onu_api = onu.api_addr.expect("ONU API on");
+        wait_for("a committed block and a downstream key", Duration::from_secs(60), || {
+            olt.status().onus[0].committed_blocks >= 1 && onu.status().downstream_keys >= 1
         })
         .await;
         let t_block = t0.elapsed();
@@ -323,7 +328,10 @@ fn etsi_keys_from_the_running_services_over_mutual_tls() {
 
         // Other certificates, or the right ones at the wrong KME: 401.
         let dec = format!("/api/v1/keys/{MASTER}/dec_keys");
-        let ids = json!({"key_IDs": keys.iter().map(|(id, _)| json!({"key_ID": id})).collect::<Vec<_>>()});
+        let ids_of = |keys: &[(String, String)]| {
+            json!({"key_IDs": keys.iter().map(|(id, _)| json!({"key_ID": id})).collect::<Vec<_>>()})
+        };
+        let ids = ids_of(&keys);
         for (addr, sae, path) in [
             (olt_api, INTRUDER, &enc),
             (olt_api, SLAVE, &enc),
@@ -336,24 +344,61 @@ fn etsi_keys_from_the_running_services_over_mutual_tls() {
             assert!(v["message"].is_string(), "{v}");
         }
 
-        // The slave behind ONU 0, at the ONU's service: the same keys, by ID.
+        // The slave behind ONU 0, at the ONU's service: the same keys, by ID (they arrived
+        // as a pool use over the classical channel), once only.
         let (code, v) = call(&certs, onu_api, SLAVE, "POST", &dec, Some(ids.clone())).await;
         assert_eq!(code, 200, "{v}");
         assert_eq!(keys_of(&v), keys);
-        // Once only.
         let (code, _) = call(&certs, onu_api, SLAVE, "POST", &dec, Some(ids)).await;
         assert_eq!(code, 400);
 
+        // A third key, fetched only after the ONU restarted: undelivered keys survive.
+        let (code, v) = call(&certs, olt_api, MASTER, "GET", &enc, None).await;
+        assert_eq!(code, 200, "{v}");
+        let third = keys_of(&v);
+        let downstream_before = olt.status().onus[0].downstream_keys;
+        wait_for("the third key mirrored and a downstream key after it", Duration::from_secs(30), || {
+            onu.status().consumed_bytes.get("api") == Some(&96)
+                && olt.status().onus[0].downstream_keys > downstream_before
+        })
+        .await;
+        let installed = onu.shutdown().await.downstream_keys;
+        let onu = OnuHandle::start(onu_cfg, sim.source(0), PoolSource::Config).await.expect("the ONU restarts");
+        let onu_api = onu.api_addr.expect("ONU API on");
+        let (code, v) = call(&certs, onu_api, SLAVE, "POST", &dec, Some(ids_of(&third))).await;
+        assert_eq!(code, 200, "{v}");
+        assert_eq!(keys_of(&v), third);
+        let (code, _) = call(&certs, onu_api, SLAVE, "POST", &dec, Some(ids_of(&third))).await;
+        assert_eq!(code, 400, "delivered twice across a restart");
+        // Downstream rotation goes on after the restart.
+        wait_for("a downstream key after the restart", Duration::from_secs(30), || onu.status().downstream_keys >= 1)
+            .await;
+
         // Both ends' status pages count the API's bytes.
         wait_for("api bytes in both statuses", Duration::from_secs(5), || {
-            olt.status().onus[0].consumed_bytes.get("api") == Some(&64)
-                && onu.status().consumed_bytes.get("api") == Some(&64)
+            olt.status().onus[0].consumed_bytes.get("api") == Some(&96)
+                && onu.status().consumed_bytes.get("api") == Some(&96)
         })
         .await;
         onu.shutdown().await;
-        olt.shutdown().await;
-        // Everything released the stores: they open again.
-        drop((open(&d.join("olt-data"), None), open(&d.join("onu-0-data"), None)));
-        eprintln!("first block after {t_block:?}, total {:?}", t0.elapsed());
+        let olt_final = olt.shutdown().await;
+        // Everything released the stores: they open again, and both ledgers list the same
+        // downstream and API consumptions in the same order.
+        let (so, sn) = (open(&d.join("olt-data"), None), open(&d.join("onu-0-data"), None));
+        let (uo, un) = (
+            so.pool(0).consumptions_of(&Purpose::MIRRORED).unwrap(),
+            sn.pool(0).consumptions_of(&Purpose::MIRRORED).unwrap(),
+        );
+        assert!(uo.iter().filter(|u| u.0 == Purpose::Api).count() >= 2, "{uo:?}");
+        assert!(uo.iter().filter(|u| u.0 == Purpose::Downstream).count() >= 2, "{uo:?}");
+        // The ONU may have applied every use the OLT made, or one fewer if it stopped first
+        // (the OLT re-sends it at the next connection): never a different one.
+        assert!(uo.len() - un.len() <= 1 && uo[..un.len()] == un[..], "the ends' mirrored ledgers differ");
+        assert_eq!(olt_final.onus[0].api_keys, 3);
+        eprintln!(
+            "first block after {t_block:?}, {installed} downstream keys before the ONU restart, {} uses mirrored, total {:?}",
+            un.len(),
+            t0.elapsed()
+        );
     });
 }

@@ -849,3 +849,38 @@ fn consume_at_mirrors_the_peer_and_refuses_a_drifted_cursor() {
     assert_eq!(kb.consumed_bytes(Purpose::Downstream), 48);
     assert!(matches!(ka.take(Purpose::Downstream, 64), Err(PoolError::Exhausted { .. })));
 }
+
+#[test]
+fn consumed_bytes_read_back_and_deliveries_are_marked_once_across_reopen() {
+    let dir = TempDir::new();
+    let path = dir.file("k.redb");
+    let key = block(9, 8 * 64);
+    let got = {
+        let store = KeyStore::open(&path).unwrap();
+        let pool = store.pool(2);
+        pool.append_block(id(1), &key).unwrap();
+        let c = pool.consume(Purpose::Api, 32).unwrap();
+        // Unconsumed bytes cannot be read around the cursor; consumed ones read back equal.
+        assert!(matches!(pool.read_consumed(id(1), 32, 8), Err(StoreError::NotConsumed { .. })));
+        assert!(matches!(pool.read_consumed(id(1), 28, 8), Err(StoreError::NotConsumed { .. })));
+        assert!(matches!(pool.read_consumed(id(7), 0, 8), Err(StoreError::NotConsumed { .. })));
+        assert!(matches!(store.pool(3).read_consumed(id(1), 0, 8), Err(StoreError::NotConsumed { .. })));
+        assert_eq!(pool.read_consumed(id(1), 16, 16).unwrap().expose(), &c.key.expose()[16..]);
+        // All or none: a batch with one delivered ID records nothing.
+        pool.mark_delivered(&[id(100)]).unwrap();
+        assert!(
+            matches!(pool.mark_delivered(&[id(101), id(100)]), Err(StoreError::AlreadyDelivered(x)) if x == id(100))
+        );
+        assert!(!pool.is_delivered(id(101)).unwrap());
+        c.key
+    };
+    let store = KeyStore::open(&path).unwrap();
+    let pool = store.pool(2);
+    assert!(pool.is_delivered(id(100)).unwrap());
+    assert!(matches!(pool.mark_delivered(&[id(100)]), Err(StoreError::AlreadyDelivered(_))));
+    pool.mark_delivered(&[id(101)]).unwrap();
+    assert_eq!(pool.read_consumed(id(1), 0, 32).unwrap().expose(), got.expose());
+    // A discarded block's bytes are gone.
+    pool.discard(id(1)).unwrap();
+    assert!(matches!(pool.read_consumed(id(1), 0, 32), Err(StoreError::NotConsumed { .. })));
+}
