@@ -25,7 +25,12 @@
 //! | 4..10 | superframe | 48-bit superframe counter of the frame |
 //! | 10..12 | frame index | position of this frame among the ONU's frames in that superframe |
 //! | 12..14 | length | payload length in bytes (0..=65 535) |
-//! | 14.. | payload | `length` bytes, encrypted unless the key index is clear |
+//! | 14..22 | pad reference | one-time-pad frames only (control bit 5 set): pad run (u32) and offset in it (u32) |
+//! | 14.. or 22.. | payload | `length` bytes, encrypted unless the key index is clear |
+//!
+//! Control bit 5 marks a **one-time-pad frame** (a flow marked for information-theoretic
+//! secrecy, see [`crate::otp`]): its key index must be `00`, and its payload is XORed with
+//! pool bytes named by the pad reference instead of an AES keystream.
 //!
 //! A buffer may hold more bytes than the frame (frames are concatenated in a superframe):
 //! [`Frame::total_len`] says where the next one starts. The panic contract is smoltcp's:
@@ -83,8 +88,11 @@ use zeroize::{Zeroize, ZeroizeOnDrop};
 
 use crate::slot_map::OnuId;
 
-/// Length of the frame header.
+/// Length of the frame header (of a keyed or clear frame; a one-time-pad frame adds
+/// [`PAD_REF_LEN`]).
 pub const HEADER_LEN: usize = field::LENGTH.end;
+/// Length of a one-time-pad frame's pad reference, after the header.
+pub const PAD_REF_LEN: usize = 8;
 /// Largest payload a frame can carry (the length field is 16 bits).
 pub const MAX_PAYLOAD: usize = u16::MAX as usize;
 /// Largest superframe counter (48 bits); a later superframe is refused, never wrapped.
@@ -100,10 +108,24 @@ mod field {
     pub(super) const SUPERFRAME: Range<usize> = 4..10;
     pub(super) const FRAME_INDEX: Range<usize> = 10..12;
     pub(super) const LENGTH: Range<usize> = 12..14;
+    pub(super) const PAD_RUN: Range<usize> = 14..18;
+    pub(super) const PAD_OFFSET: Range<usize> = 18..22;
 }
 
 const KEY_INDEX_SHIFT: u8 = 6;
-const CONTROL_RESERVED_MASK: u8 = 0b0011_1111;
+/// Control bit 5: a one-time-pad frame.
+const CONTROL_OTP: u8 = 0b0010_0000;
+const CONTROL_RESERVED_MASK: u8 = 0b0001_1111;
+
+/// Where a one-time-pad frame's pad lies: `offset` bytes into pad run `run` (the pool use
+/// that delivered the run to both ends, see [`crate::otp`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PadRef {
+    /// The pad run (the sequence number of the pool use that announced it).
+    pub run: u32,
+    /// First pad byte within the run.
+    pub offset: u32,
+}
 
 /// The 2-bit key index of a frame header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -170,9 +192,12 @@ pub enum FrameError {
     /// Key index `11`, which is reserved.
     #[error("reserved key index 11")]
     ReservedKeyIndex,
-    /// Reserved header bits set (control bits 5..0, or the reserved byte).
+    /// Reserved header bits set (control bits 4..0, or the reserved byte).
     #[error("reserved header bits set")]
     ReservedBits,
+    /// A one-time-pad frame with a key index other than `00`.
+    #[error("one-time-pad frame with a key index")]
+    PadWithKeyIndex,
     /// A superframe counter above [`MAX_SUPERFRAME`] cannot be encoded.
     #[error("superframe {0} beyond the 48-bit counter")]
     SuperframeOutOfRange(u64),
@@ -248,6 +273,34 @@ pub enum DownstreamError {
         /// The latest installed key's first superframe.
         current: u64,
     },
+    /// A one-time-pad frame given to the key path (open it with [`crate::otp::OtpPads`]),
+    /// or a keyed frame given to the pads.
+    #[error("wrong frame kind: {0}")]
+    WrongKind(&'static str),
+    /// No pad run holds enough unused bytes for the payload: nothing is sent.
+    #[error("one-time pad exhausted: {0} bytes needed")]
+    PadExhausted(usize),
+    /// The frame names a pad run this end does not hold (never delivered, or dropped).
+    #[error("unknown pad run {0}")]
+    UnknownPad(u32),
+    /// The frame's pad bytes were used before (a replay) or lie beyond the run.
+    #[error("pad bytes {offset}+{len} of run {run} unusable (used before, or beyond the run)")]
+    PadUnusable {
+        /// The run.
+        run: u32,
+        /// First byte named.
+        offset: u32,
+        /// Bytes named.
+        len: usize,
+    },
+    /// Pad runs must arrive in announcement order (increasing run numbers).
+    #[error("pad run {got} after run {last}")]
+    PadRunOutOfOrder {
+        /// The newest run held.
+        last: u32,
+        /// The run offered.
+        got: u32,
+    },
     /// The output buffer cannot hold the frame.
     #[error("buffer of {got} bytes, frame needs {needed}")]
     BufferTooSmall {
@@ -278,23 +331,48 @@ impl<T: AsRef<[u8]>> Frame<T> {
         Ok(frame)
     }
 
-    /// Checks lengths (header, announced payload), the key index and the reserved bits.
+    /// Checks lengths (header, pad reference, announced payload), the key index and the
+    /// reserved bits.
     pub fn check(&self) -> Result<(), FrameError> {
         let data = self.buffer.as_ref();
         if data.len() < HEADER_LEN {
             return Err(FrameError::Truncated);
         }
-        if data.len() < HEADER_LEN + usize::from(self.payload_len()) {
+        if data.len() < self.header_len() + usize::from(self.payload_len()) {
             return Err(FrameError::Truncated);
         }
         let control = data[field::CONTROL];
         if control & CONTROL_RESERVED_MASK != 0 || data[field::RESERVED] != 0 {
             return Err(FrameError::ReservedBits);
         }
-        if self.key_index().is_none() {
-            return Err(FrameError::ReservedKeyIndex);
+        match self.key_index() {
+            None => return Err(FrameError::ReservedKeyIndex),
+            Some(k) if self.is_otp() && k != KeyIndex::Clear => return Err(FrameError::PadWithKeyIndex),
+            Some(_) => {}
         }
         Ok(())
+    }
+
+    /// Whether this is a one-time-pad frame (control bit 5).
+    pub fn is_otp(&self) -> bool {
+        self.buffer.as_ref()[field::CONTROL] & CONTROL_OTP != 0
+    }
+
+    /// Header length: [`HEADER_LEN`], plus [`PAD_REF_LEN`] for a one-time-pad frame.
+    pub fn header_len(&self) -> usize {
+        if self.is_otp() { HEADER_LEN + PAD_REF_LEN } else { HEADER_LEN }
+    }
+
+    /// The pad reference of a one-time-pad frame.
+    pub fn pad_ref(&self) -> Option<PadRef> {
+        if !self.is_otp() {
+            return None;
+        }
+        let d = self.buffer.as_ref();
+        let u = |r: core::ops::Range<usize>| {
+            u32::from_be_bytes([d[r.start], d[r.start + 1], d[r.start + 2], d[r.start + 3]])
+        };
+        Some(PadRef { run: u(field::PAD_RUN), offset: u(field::PAD_OFFSET) })
     }
 
     /// Returns the buffer.
@@ -335,12 +413,12 @@ impl<T: AsRef<[u8]>> Frame<T> {
 
     /// Header plus payload: where the next frame of a concatenation starts.
     pub fn total_len(&self) -> usize {
-        HEADER_LEN + usize::from(self.payload_len())
+        self.header_len() + usize::from(self.payload_len())
     }
 
     /// The payload (exactly [`Frame::payload_len`] bytes; trailing bytes excluded).
     pub fn payload(&self) -> &[u8] {
-        &self.buffer.as_ref()[HEADER_LEN..self.total_len()]
+        &self.buffer.as_ref()[self.header_len()..self.total_len()]
     }
 }
 
@@ -350,11 +428,21 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Frame<T> {
         self.buffer.as_mut()[field::ONU].copy_from_slice(&onu.0.to_be_bytes());
     }
 
-    /// Sets the key index and clears the reserved bits and byte.
+    /// Sets the key index and clears the one-time-pad flag, the reserved bits and byte.
     pub fn set_key_index(&mut self, index: KeyIndex) {
         let d = self.buffer.as_mut();
         d[field::CONTROL] = index.bits() << KEY_INDEX_SHIFT;
         d[field::RESERVED] = 0;
+    }
+
+    /// Makes this a one-time-pad frame (key index `00`) with pad reference `pad`. The
+    /// buffer must hold [`HEADER_LEN`] + [`PAD_REF_LEN`] bytes.
+    pub fn set_pad_ref(&mut self, pad: PadRef) {
+        let d = self.buffer.as_mut();
+        d[field::CONTROL] = CONTROL_OTP;
+        d[field::RESERVED] = 0;
+        d[field::PAD_RUN].copy_from_slice(&pad.run.to_be_bytes());
+        d[field::PAD_OFFSET].copy_from_slice(&pad.offset.to_be_bytes());
     }
 
     /// Sets the superframe counter (only its low 48 bits are stored).
@@ -374,8 +462,8 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Frame<T> {
 
     /// The payload, mutably.
     pub fn payload_mut(&mut self) -> &mut [u8] {
-        let end = self.total_len();
-        &mut self.buffer.as_mut()[HEADER_LEN..end]
+        let (start, end) = (self.header_len(), self.total_len());
+        &mut self.buffer.as_mut()[start..end]
     }
 }
 
@@ -392,6 +480,8 @@ pub struct FrameRepr {
     pub frame_index: u16,
     /// Payload length.
     pub payload_len: u16,
+    /// The pad reference of a one-time-pad frame (then `key_index` is clear).
+    pub pad: Option<PadRef>,
 }
 
 impl FrameRepr {
@@ -404,12 +494,18 @@ impl FrameRepr {
             superframe: frame.superframe(),
             frame_index: frame.frame_index(),
             payload_len: frame.payload_len(),
+            pad: frame.pad_ref(),
         })
+    }
+
+    /// Header length (with the pad reference of a one-time-pad frame).
+    pub fn header_len(&self) -> usize {
+        if self.pad.is_some() { HEADER_LEN + PAD_REF_LEN } else { HEADER_LEN }
     }
 
     /// Bytes the whole frame occupies.
     pub fn buffer_len(&self) -> usize {
-        HEADER_LEN + usize::from(self.payload_len)
+        self.header_len() + usize::from(self.payload_len)
     }
 
     /// Writes the header into `frame` (the payload is the caller's, via
@@ -422,8 +518,14 @@ impl FrameRepr {
         if frame.buffer.as_ref().len() < self.buffer_len() {
             return Err(FrameError::Truncated);
         }
+        if self.pad.is_some() && self.key_index != KeyIndex::Clear {
+            return Err(FrameError::PadWithKeyIndex);
+        }
         frame.set_onu_id(self.onu);
-        frame.set_key_index(self.key_index);
+        match self.pad {
+            Some(pad) => frame.set_pad_ref(pad),
+            None => frame.set_key_index(self.key_index),
+        }
         frame.set_superframe(self.superframe);
         frame.set_frame_index(self.frame_index);
         frame.set_payload_len(self.payload_len);
@@ -678,7 +780,8 @@ impl DownstreamKeys {
         let Some(slot) = key_index.slot().and_then(|s| self.slots[s].as_ref()) else {
             return Err(DownstreamError::NoKey(superframe));
         };
-        let repr = FrameRepr { onu: self.onu, key_index, superframe, frame_index, payload_len: len };
+        let repr =
+            FrameRepr { onu: self.onu, key_index, superframe, frame_index, payload_len: len, pad: None };
         let needed = repr.buffer_len();
         let Some(buf) = out.get_mut(..needed) else {
             return Err(DownstreamError::BufferTooSmall { needed, got: out.len() });
@@ -712,6 +815,9 @@ impl DownstreamKeys {
         let repr = FrameRepr::parse(&Frame::new_unchecked(&*buf))?;
         if repr.onu != self.onu {
             return Err(DownstreamError::WrongOnu { expected: self.onu, got: repr.onu });
+        }
+        if repr.pad.is_some() {
+            return Err(DownstreamError::WrongKind("a one-time-pad frame is opened with the pads"));
         }
         let Some(slot_no) = repr.key_index.slot() else {
             if self.config.require_encryption {
@@ -860,6 +966,7 @@ mod tests {
             superframe: 0x0000_abcd_ef01,
             frame_index: 7,
             payload_len: 3,
+            pad: None,
         };
         let mut buf = vec![0u8; repr.buffer_len()];
         let mut f = Frame::new_unchecked(&mut buf[..]);
@@ -869,6 +976,23 @@ mod tests {
         let f = Frame::new_checked(&buf[..]).unwrap();
         assert_eq!(FrameRepr::parse(&f).unwrap(), repr);
         assert_eq!(f.payload(), b"abc");
+        // A one-time-pad frame: control bit 5, key index 00, pad reference after the header.
+        let otp = FrameRepr { key_index: KeyIndex::Clear, pad: Some(PadRef { run: 9, offset: 16 }), ..repr };
+        let mut obuf = vec![0u8; otp.buffer_len()];
+        let mut of = Frame::new_unchecked(&mut obuf[..]);
+        otp.emit(&mut of).unwrap();
+        of.payload_mut().copy_from_slice(b"abc");
+        assert_eq!(obuf, hex("1234 20 00 0000abcdef01 0007 0003 00000009 00000010 616263"));
+        let of = Frame::new_checked(&obuf[..]).unwrap();
+        assert_eq!((FrameRepr::parse(&of).unwrap(), of.payload()), (otp, &b"abc"[..]));
+        assert_eq!(Frame::new_checked(&obuf[..obuf.len() - 1]).unwrap_err(), FrameError::Truncated);
+        obuf[2] |= 0x40;
+        assert_eq!(Frame::new_checked(&obuf[..]).unwrap_err(), FrameError::PadWithKeyIndex);
+        let keyed_pad = FrameRepr { key_index: KeyIndex::Slot1, ..otp };
+        assert_eq!(
+            keyed_pad.emit(&mut Frame::new_unchecked(&mut obuf[..])),
+            Err(FrameError::PadWithKeyIndex)
+        );
         // Reserved key index, reserved bits, truncation.
         let mut bad = buf.clone();
         bad[2] = 0xc0;
@@ -963,6 +1087,7 @@ mod tests {
             superframe: 0,
             frame_index: 0,
             payload_len: 2,
+            pad: None,
         };
         let mut clear = vec![0u8; repr.buffer_len()];
         let mut fr = Frame::new_unchecked(&mut clear[..]);

@@ -33,6 +33,7 @@
 pub mod activation;
 pub mod downstream;
 pub mod history;
+pub mod otp;
 pub mod ranging;
 pub mod scheduler;
 pub mod slot_map;
@@ -40,8 +41,11 @@ pub mod wire;
 
 // The public interface is:
 pub use activation::{ActivationConfig, ActivationError, Event, LossReason, OnuActivation, OnuState, Phase};
-pub use downstream::{DownstreamError, DownstreamKey, DownstreamKeys, FrameError, KeyIndex, KeysConfig};
+pub use downstream::{
+    DownstreamError, DownstreamKey, DownstreamKeys, FrameError, KeyIndex, KeysConfig, PadRef,
+};
 pub use history::{Inserted, ScheduleError, SlotMapSchedule};
+pub use otp::OtpPads;
 pub use ranging::{Equalisation, PulseClock, RangingConfig, RangingError};
 pub use scheduler::{
     OnuDemand, Policy, QualityEstimate, ScheduleOutcome, SchedulerConfig, SchedulerError, quality_prior,

@@ -173,6 +173,9 @@ impl OltConfig {
                 "with rotate_every_bytes = 0, keys would never rotate",
             );
         }
+        if ds.otp_run_bytes == 0 || ds.otp_run_bytes > 1 << 20 {
+            return bad("downstream.otp_run_bytes", "must be in 1..=1048576");
+        }
         if ds.enabled && ds.lead_superframes == 0 {
             return bad(
                 "downstream.lead_superframes",

@@ -25,14 +25,30 @@
 //! **Budget.** Each rotation costs 16 pool bytes and one tagged control message each way
 //! (see `qpon_qkd::session`, "Pool use"): about one rotation per distilled block can be
 //! authenticated from the blocks' own shares, so rotate every few blocks, not every frame.
+//!
+//! **One-time pads** ([`qpon_mux::otp`]) for flows marked as such: the caller seals such a
+//! flow's payloads with [`OltDownstream::seal_otp`] instead of [`OltDownstream::seal`].
+//! From the first such request on, the ONU keeps a pad reserve: runs of
+//! `otp_run_bytes` pool bytes are taken (purpose `Downstream`, durably) and announced as pool
+//! uses *without* a key switch — which is what tells the ONU a use is a pad run — until
+//! `otp_reserve_runs` runs are held or in flight. A run is used for frames only once the ONU
+//! has acknowledged its use (so the ONU holds it before the first frame needing it
+//! arrives). No pad → the frame is refused ([`SealError::Mux`] with `PadExhausted`), never
+//! sent in clear or under AES. Pads cost key at the flow's own rate: one byte per byte.
 
 use qpon_kms::{KeyPool, PoolError, Purpose};
-use qpon_mux::{DownstreamError, DownstreamKey, DownstreamKeys, KeyIndex, KeysConfig, OnuId};
+use qpon_mux::{DownstreamError, DownstreamKey, DownstreamKeys, KeyIndex, KeysConfig, OnuId, OtpPads};
+use qpon_qkd::SecretBytes;
 use qpon_qkd::session::{KeySwitch, PoolUse};
 use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
 
 /// Bytes of one downstream key (AES-128).
 pub const KEY_BYTES: usize = 16;
+
+/// One-time-pad runs held (or in flight) per ONU at most, at either end: the ONU drops its
+/// oldest run beyond this, so the OLT never holds more.
+pub const MAX_PAD_RUNS: usize = 8;
 
 /// What to do when a rotation is due and the ONU's pool is empty.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,6 +77,12 @@ pub struct DownstreamConfig {
     pub lead_superframes: u64,
     /// The pool-empty policy (default: keep the key and raise the alarm).
     pub on_pool_empty: OnPoolEmpty,
+    /// One-time-pad flows: bytes per pad run taken from the pool (default 4096; less when
+    /// the block under the pool's cursor holds less; a payload must fit in one run).
+    pub otp_run_bytes: u32,
+    /// One-time-pad flows: runs kept ready or in flight per ONU that has such a flow
+    /// (default 2).
+    pub otp_reserve_runs: u32,
 }
 
 impl Default for DownstreamConfig {
@@ -71,6 +93,8 @@ impl Default for DownstreamConfig {
             rotate_every_bytes: 0,
             lead_superframes: 800,
             on_pool_empty: OnPoolEmpty::KeepKeyAndAlarm,
+            otp_run_bytes: 4096,
+            otp_reserve_runs: 2,
         }
     }
 }
@@ -110,6 +134,12 @@ pub struct DownstreamStats {
     pub alarm: Option<DownstreamAlarm>,
     /// Whether traffic is stopped (pool empty under [`OnPoolEmpty::StopTraffic`]).
     pub stopped: bool,
+    /// One-time-pad runs taken from the pool and announced.
+    pub pad_runs: u64,
+    /// One-time-pad frames sealed.
+    pub otp_frames_sealed: u64,
+    /// One-time-pad frames refused (no acknowledged pad with room): never sent.
+    pub otp_frames_refused: u64,
 }
 
 /// Why a payload was not sealed.
@@ -153,6 +183,11 @@ pub struct OltDownstream {
     /// Inside a pool-empty episode (the alarm was raised).
     empty: bool,
     stats: DownstreamStats,
+    /// One-time pads: runs the ONU acknowledged (usable), runs announced and not yet
+    /// acknowledged (use number, bytes), and whether a flow asked for pads.
+    pads: OtpPads,
+    pads_unacked: VecDeque<(u64, SecretBytes)>,
+    pads_wanted: bool,
 }
 
 impl OltDownstream {
@@ -169,6 +204,9 @@ impl OltDownstream {
             bytes_under_current: 0,
             empty: false,
             stats: DownstreamStats::default(),
+            pads: OtpPads::new(OnuId(onu), MAX_PAD_RUNS),
+            pads_unacked: VecDeque::new(),
+            pads_wanted: false,
         }
     }
 
@@ -293,6 +331,76 @@ impl OltDownstream {
         }
     }
 
+    /// Seals `payload` of a flow marked for one-time pads: XORed with unused pad bytes the
+    /// ONU holds (see the module docs). The first call turns the pad reserve on for this
+    /// ONU; while no acknowledged run has room the frame is refused, never sent otherwise.
+    pub fn seal_otp(&mut self, superframe: u64, payload: &[u8]) -> Result<Vec<u8>, SealError> {
+        self.pads_wanted = true;
+        match self.pads.seal(superframe, payload) {
+            Ok(f) => {
+                self.stats.otp_frames_sealed += 1;
+                Ok(f)
+            }
+            Err(e) => {
+                self.stats.otp_frames_refused += 1;
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Pad runs announced and acknowledged up to use `acked` become usable.
+    pub fn pads_acked(&mut self, acked: u64) {
+        while self.pads_unacked.front().is_some_and(|(seq, _)| *seq <= acked) {
+            let Some((seq, bytes)) = self.pads_unacked.pop_front() else { break };
+            // Use numbers beyond u32 cannot name a run in a frame: such a run stays unused
+            // (consumed and recorded at both ends).
+            if let Ok(run) = u32::try_from(seq) {
+                let _ = self.pads.add_run(run, bytes.expose());
+            }
+        }
+    }
+
+    /// Whether the pad reserve wants another run (a pad flow exists and fewer than
+    /// `otp_reserve_runs` runs' worth of bytes are held or in flight).
+    pub fn pads_low(&self) -> bool {
+        let run = u64::from(self.cfg.otp_run_bytes.max(1));
+        let held = self.pads.available() + self.pads_unacked.iter().map(|(_, b)| b.len() as u64).sum::<u64>();
+        // Runs are bounded in number too (they may be shorter than `otp_run_bytes` when
+        // blocks are short): the ONU keeps at most [`MAX_PAD_RUNS`], dropping the oldest,
+        // so the OLT never holds more than that.
+        let runs = self.pads.runs() + self.pads_unacked.len();
+        self.cfg.enabled
+            && self.pads_wanted
+            && held < u64::from(self.cfg.otp_reserve_runs) * run
+            && runs < MAX_PAD_RUNS
+    }
+
+    /// Takes one pad run from `pool` (durably) and returns the use to announce; the
+    /// caller records the use number it got with [`pad_run_announced`](Self::pad_run_announced).
+    pub fn take_pad_run(&mut self, pool: &mut dyn KeyPool) -> Result<(PoolUse, SecretBytes), PoolError> {
+        // A run lies within one block: at most `otp_run_bytes`, and no more than the
+        // block under the cursor still holds (so no tail is skipped for a run).
+        let room = pool.unused_runs()?.first().map_or(0, |r| r.2);
+        let len = u64::from(self.cfg.otp_run_bytes.max(1)).min(room) as u32;
+        if len == 0 {
+            return Err(PoolError::Exhausted { requested: u64::from(self.cfg.otp_run_bytes), available: 0 });
+        }
+        let (block, offset, bytes) = pool.take(Purpose::Downstream, len as usize)?;
+        let u = PoolUse { seq: 0, purpose: Purpose::Downstream as u8, block, offset, len, switch: None };
+        Ok((u, bytes))
+    }
+
+    /// The pad run taken by [`take_pad_run`](Self::take_pad_run) was announced as use `seq`.
+    pub fn pad_run_announced(&mut self, seq: u64, bytes: SecretBytes) {
+        self.stats.pad_runs += 1;
+        self.pads_unacked.push_back((seq, bytes));
+    }
+
+    /// Unused pad bytes the ONU has acknowledged.
+    pub fn pad_bytes(&self) -> u64 {
+        self.pads.available()
+    }
+
     /// The key index in force at `superframe`, if any.
     pub fn active_at(&self, superframe: u64) -> Option<KeyIndex> {
         self.keys.active_at(superframe)
@@ -332,6 +440,7 @@ mod tests {
             rotate_every_bytes: 0,
             lead_superframes: 10,
             on_pool_empty,
+            ..DownstreamConfig::default()
         }
     }
 
@@ -389,5 +498,47 @@ mod tests {
         assert!(matches!(ds.rotate(300, &mut p), Rotation::Announce(_)));
         assert!(!ds.stats().stopped);
         assert_eq!(key_index(&ds.seal(1, 310, b"x").unwrap()), KeyIndex::Slot2);
+    }
+
+    #[test]
+    fn pad_flows_use_acknowledged_runs_only_and_never_send_otherwise() {
+        let mut p = pool(600);
+        let mut cfg = cfg(OnPoolEmpty::KeepKeyAndAlarm);
+        cfg.otp_run_bytes = 1000;
+        let mut ds = OltDownstream::new(3, cfg);
+        let mut onu = OtpPads::new(OnuId(3), 4);
+        // No pad flow yet: no reserve is kept.
+        assert!(!ds.pads_low());
+        assert!(matches!(ds.seal_otp(0, b"x"), Err(SealError::Mux(DownstreamError::PadExhausted(1)))));
+        // The first request turned the reserve on: two runs are taken, announced as uses
+        // without a key switch (that is what makes them pad runs at the ONU).
+        let mut seq = 0;
+        while ds.pads_low() {
+            let (u, bytes) = ds.take_pad_run(&mut p).unwrap();
+            assert_eq!((u.switch, u.len, u.purpose), (None, 1000, Purpose::Downstream as u8));
+            seq += 1;
+            onu.add_run(seq as u32, bytes.expose()).unwrap();
+            ds.pad_run_announced(seq, bytes);
+        }
+        assert_eq!((seq, p.consumed_bytes(Purpose::Downstream)), (2, 2000));
+        // Not acknowledged yet: still refused.
+        assert!(ds.seal_otp(1, b"x").is_err());
+        ds.pads_acked(1);
+        assert_eq!(ds.pad_bytes(), 1000);
+        let f = ds.seal_otp(2, &[0x42; 600]).unwrap();
+        assert!(!f.windows(600).any(|w| w == [0x42; 600]), "sent in clear");
+        assert_eq!(onu.open(&f).unwrap().1, vec![0x42; 600]);
+        assert!(onu.open(&f).is_err(), "a replay opens");
+        // 400 bytes left in run 1: a 500-byte payload waits for run 2's acknowledgement.
+        assert!(ds.seal_otp(3, &[1; 500]).is_err());
+        ds.pads_acked(2);
+        let g = ds.seal_otp(4, &[1; 500]).unwrap();
+        assert_eq!(onu.open(&g).unwrap().1, vec![1; 500]);
+        assert_eq!(
+            (ds.stats().otp_frames_sealed, ds.stats().otp_frames_refused, ds.stats().pad_runs),
+            (2, 3, 2)
+        );
+        // The keyed path is untouched by the pads: no key yet, nothing sealed.
+        assert!(ds.seal(3, 5, b"x").is_err());
     }
 }

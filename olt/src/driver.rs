@@ -102,6 +102,36 @@ impl<R: CryptoRng> OnuLink<R> {
         }
     }
 
+    /// One-time pads: makes the runs the ONU acknowledged usable, and takes and announces
+    /// another run while the reserve is low (under the same conditions as a rotation, so a
+    /// run is never taken that the ONU cannot be told about).
+    fn refill_pads(&mut self, now: Instant) {
+        let Some(ds) = self.downstream.as_mut() else { return };
+        ds.pads_acked(self.session.pool_uses().1);
+        if !ds.pads_low()
+            || self.session.is_stopped()
+            || !self.session.is_synced()
+            || self.session.pool_uses_unacked() >= 4
+        {
+            return;
+        }
+        match ds.take_pad_run(self.pool.as_mut()) {
+            Ok((u, bytes)) => match self.session.announce_use(now, u) {
+                Ok(seq) => ds.pad_run_announced(seq, bytes),
+                Err(e) => {
+                    self.stats.pool_error = Some(format!("pool use not announced: {e}"));
+                    self.session.pool_failed(now);
+                }
+            },
+            // An empty pool only leaves the pad flow without pads (its frames are refused).
+            Err(qpon_kms::PoolError::Exhausted { .. }) => {}
+            Err(e) => {
+                self.stats.pool_error = Some(e.to_string());
+                self.session.pool_failed(now);
+            }
+        }
+    }
+
     /// Issues `number` ETSI API keys of `unit` bytes (see [`qpon_kms::etsi`]): taken from
     /// the pool durably, in as few runs as its blocks allow, each run announced to the ONU
     /// as a pool use so its pool mirrors it. Only while the session can announce them at
@@ -298,6 +328,7 @@ impl<R: CryptoRng + Send> OltDriver<R> {
         }
         for (&onu, l) in self.onus.iter_mut() {
             l.rotate_downstream(now, superframe);
+            l.refill_pads(now);
             l.flush(now, onu, &mut self.outbox);
         }
     }
@@ -333,6 +364,23 @@ impl<R: CryptoRng + Send> OltDriver<R> {
         let r = link.issue_api_keys(now, unit, number);
         link.flush(now, onu, &mut self.outbox);
         r
+    }
+
+    /// Seals `payload` of a flow to `onu` marked for one-time pads (see
+    /// [`crate::downstream`]): refused — never sent otherwise — without downstream
+    /// encryption or before the ONU holds an acknowledged pad run with room. The first
+    /// request turns the ONU's pad reserve on; [`downstream_tick`](Self::downstream_tick)
+    /// keeps it filled.
+    pub fn seal_downstream_otp(
+        &mut self,
+        onu: u16,
+        superframe: u64,
+        payload: &[u8],
+    ) -> Result<Vec<u8>, SealError> {
+        let link = self.onus.get_mut(&onu).ok_or(SealError::NotEnabled(onu))?;
+        let ds = link.downstream.as_mut().ok_or(SealError::NotEnabled(onu))?;
+        ds.pads_acked(link.session.pool_uses().1);
+        ds.seal_otp(superframe, payload)
     }
 
     /// `onu`'s downstream counters, when downstream encryption is on.

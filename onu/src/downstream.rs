@@ -9,8 +9,15 @@
 //! [`OnuDownstream::advance_to`] (driven by the ONU's own superframe clock) erases it.
 //! Frames of other ONUs, clear frames, and frames under unknown or expired keys are
 //! refused.
+//!
+//! One-time-pad frames (flows the OLT marks as such, [`qpon_mux::otp`]): a downstream pool
+//! use announced *without* a key switch is a pad run; the driver takes its bytes the same
+//! way and adds them here under the use's number. A pad frame names its run and offset;
+//! it opens once (a replay, or a frame that fell behind a later one, is refused) and the
+//! pad bytes up to it are erased.
 
-use qpon_mux::{DownstreamError, DownstreamKey, DownstreamKeys, KeyIndex, KeysConfig, OnuId};
+use qpon_mux::downstream::Frame;
+use qpon_mux::{DownstreamError, DownstreamKey, DownstreamKeys, KeyIndex, KeysConfig, OnuId, OtpPads};
 use qpon_qkd::session::KeySwitch;
 use serde::Serialize;
 
@@ -27,14 +34,25 @@ pub struct OnuDownstreamStats {
     pub frames_opened: u64,
     /// Frames addressed to other ONUs (refused: not ours).
     pub frames_of_others: u64,
-    /// Own frames refused (unknown, not yet active or expired key, clear, malformed).
+    /// Own frames refused (unknown, not yet active or expired key, clear, malformed,
+    /// pad used before or unknown).
     pub frames_refused: u64,
+    /// One-time-pad runs received.
+    pub pad_runs: u64,
+    /// Own one-time-pad frames opened (also counted in `frames_opened`).
+    pub otp_frames_opened: u64,
 }
+
+/// Pad runs held at most (older ones are dropped: their bytes stay consumed, unused). Twice
+/// what the OLT holds (`qpon_olt::downstream::MAX_PAD_RUNS`, 8), so a run the OLT may
+/// still use is never dropped here.
+const MAX_PAD_RUNS: usize = 16;
 
 /// The ONU's downstream key state.
 #[derive(Debug)]
 pub struct OnuDownstream {
     keys: DownstreamKeys,
+    pads: OtpPads,
     last_index: Option<KeyIndex>,
     stats: OnuDownstreamStats,
 }
@@ -45,7 +63,12 @@ impl OnuDownstream {
     pub fn new(onu: u16, overlap_superframes: u64) -> Self {
         let keys =
             DownstreamKeys::new(OnuId(onu), KeysConfig { overlap_superframes, require_encryption: true });
-        Self { keys, last_index: None, stats: OnuDownstreamStats::default() }
+        Self {
+            keys,
+            pads: OtpPads::new(OnuId(onu), MAX_PAD_RUNS),
+            last_index: None,
+            stats: OnuDownstreamStats::default(),
+        }
     }
 
     /// The counters.
@@ -69,6 +92,15 @@ impl OnuDownstream {
         r
     }
 
+    /// Adds a one-time-pad run: `bytes` the OLT announced as pool use `seq` without a key
+    /// switch (use numbers beyond 32 bits cannot be named by a frame and are not kept).
+    pub fn add_pad_run(&mut self, seq: u64, bytes: &[u8]) -> Result<(), DownstreamError> {
+        let run = u32::try_from(seq).map_err(|_| DownstreamError::UnknownPad(u32::MAX))?;
+        self.pads.add_run(run, bytes)?;
+        self.stats.pad_runs += 1;
+        Ok(())
+    }
+
     /// Moves the ONU's clock to `superframe` (its own clock, never frame contents): an old
     /// key past its overlap window is erased.
     pub fn advance_to(&mut self, superframe: u64) {
@@ -78,11 +110,31 @@ impl OnuDownstream {
     /// Opens a frame like [`open`](Self::open) without counting it or tracking switches
     /// (diagnostics and tests: e.g. another ONU's ciphertext with its header rewritten).
     pub fn peek(&self, frame: &[u8]) -> Result<Vec<u8>, DownstreamError> {
+        if is_otp(frame) {
+            return self.pads.peek(frame).map(|(_, p)| p);
+        }
         self.keys.open(frame).map(|(_, p)| p)
     }
 
     /// Opens a downstream frame: its plaintext if it is this ONU's and names a valid key.
     pub fn open(&mut self, frame: &[u8]) -> Result<Vec<u8>, DownstreamError> {
+        if is_otp(frame) {
+            return match self.pads.open(frame) {
+                Ok((_, plain)) => {
+                    self.stats.frames_opened += 1;
+                    self.stats.otp_frames_opened += 1;
+                    Ok(plain)
+                }
+                Err(e @ DownstreamError::WrongOnu { .. }) => {
+                    self.stats.frames_of_others += 1;
+                    Err(e)
+                }
+                Err(e) => {
+                    self.stats.frames_refused += 1;
+                    Err(e)
+                }
+            };
+        }
         match self.keys.open(frame) {
             Ok((repr, plain)) => {
                 if self.last_index.is_some_and(|i| i != repr.key_index) {
@@ -102,6 +154,12 @@ impl OnuDownstream {
             }
         }
     }
+}
+
+/// Whether `frame` is a well-formed one-time-pad frame (malformed ones go to the key path,
+/// which refuses them).
+fn is_otp(frame: &[u8]) -> bool {
+    Frame::new_checked(frame).is_ok_and(|f| f.is_otp())
 }
 
 #[cfg(test)]

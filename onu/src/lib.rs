@@ -139,11 +139,13 @@ impl<P: PulseSource> OnuDriver<P> {
         };
         match self.pool.take_named(purpose, u.block, u.offset, u.len as usize) {
             Ok(key) => {
-                if let Some(sw) = u.switch
-                    && purpose == Purpose::Downstream
-                {
-                    // A key that cannot be installed is counted; the pool still followed.
-                    let _ = self.downstream.install(sw, key.expose());
+                if purpose == Purpose::Downstream {
+                    // A key (with its switch) or a one-time-pad run (without). One that
+                    // cannot be installed is counted; the pool still followed.
+                    let _ = match u.switch {
+                        Some(sw) => self.downstream.install(sw, key.expose()),
+                        None => self.downstream.add_pad_run(u.seq, key.expose()),
+                    };
                 }
                 if self.session.ack_pool_use(u.seq).is_ok() {
                     self.stats.pool_uses += 1;

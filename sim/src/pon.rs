@@ -108,6 +108,10 @@ pub struct DownstreamTraffic {
     pub rotate_every_superframes: u64,
     /// How far ahead a new key applies, superframes.
     pub lead_superframes: u64,
+    /// Frames per second to each ONU of a flow marked for one-time pads (0: none).
+    pub otp_frames_per_s: f64,
+    /// Payload bytes of each one-time-pad frame.
+    pub otp_payload_bytes: usize,
 }
 
 impl Default for DownstreamTraffic {
@@ -117,6 +121,8 @@ impl Default for DownstreamTraffic {
             payload_bytes: 256,
             rotate_every_superframes: 8_000,
             lead_superframes: 400,
+            otp_frames_per_s: 0.0,
+            otp_payload_bytes: 64,
         }
     }
 }
@@ -157,6 +163,22 @@ pub struct DownstreamReport {
     pub ledgers_agree: bool,
     /// Uses announced by the OLT and not yet acknowledged at the end.
     pub uses_in_flight: u64,
+    /// One-time-pad flow: frames sealed, refused for want of pad (never sent), opened by
+    /// the ONU with exactly the payload sent, and refused or garbled there (must be 0).
+    pub otp_frames_sent: u64,
+    /// (See `otp_frames_sent`.)
+    pub otp_frames_not_sent: u64,
+    /// (See `otp_frames_sent`.)
+    pub otp_frames_opened: u64,
+    /// (See `otp_frames_sent`.)
+    pub otp_frames_lost: u64,
+    /// Own one-time-pad frames replayed to the ONU right after it opened them, and how
+    /// many of those it opened again (must be 0).
+    pub otp_replays: u64,
+    /// (See `otp_replays`.)
+    pub otp_replays_opened: u64,
+    /// Pad runs the OLT took and announced.
+    pub pad_runs: u64,
 }
 
 /// What an ONU does in a [`Churn`] event.
@@ -410,6 +432,7 @@ pub fn run(pon: &Pon, opts: &PonOptions, mut progress: impl FnMut(f64)) -> PonRe
             cfg: t,
             rng: seeded(opts.seed ^ 0xd0_0d),
             owed: 0.0,
+            otp_owed: 0.0,
             reports: vec![DownstreamReport::default(); n],
         }
     });
@@ -598,6 +621,7 @@ pub fn run(pon: &Pon, opts: &PonOptions, mut progress: impl FnMut(f64)) -> PonRe
                     d.keys_installed = s.keys_installed;
                     d.switches = s.switches;
                     d.pool_empty_alarms = s.pool_empty_alarms;
+                    d.pad_runs = s.pad_runs;
                 }
             }
             d.switches_seen = onus[k].downstream_stats().switches_seen;
@@ -613,6 +637,8 @@ struct Traffic {
     rng: ChaCha20Rng,
     /// Frames per ONU owed (fractional part carried between ticks).
     owed: f64,
+    /// One-time-pad frames per ONU owed.
+    otp_owed: f64,
     reports: Vec<DownstreamReport>,
 }
 
@@ -639,6 +665,14 @@ impl Traffic {
         let count = self.owed.floor() as usize;
         self.owed -= count as f64;
         let n = onus.len();
+        self.otp_owed += self.cfg.otp_frames_per_s * tick_s;
+        let otp_count = self.otp_owed.floor() as usize;
+        self.otp_owed -= otp_count as f64;
+        for _ in 0..otp_count {
+            for k in 0..n {
+                self.otp_frame(k, sf, olt, onus, online);
+            }
+        }
         for _ in 0..count {
             for k in 0..n {
                 let mut payload = vec![0u8; self.cfg.payload_bytes];
@@ -677,6 +711,55 @@ impl Traffic {
                         r.others_plaintext_recovered += 1;
                     }
                 }
+            }
+        }
+    }
+}
+
+impl Traffic {
+    /// One frame of ONU `k`'s one-time-pad flow, through the splitter.
+    fn otp_frame(
+        &mut self,
+        k: usize,
+        sf: u64,
+        olt: &mut OltDriver<ChaCha20Rng>,
+        onus: &mut [OnuDriver<SimSource>],
+        online: &[bool],
+    ) {
+        let mut payload = vec![0u8; self.cfg.otp_payload_bytes];
+        rand::Rng::fill_bytes(&mut self.rng, &mut payload);
+        let Ok(frame) = olt.seal_downstream_otp(k as u16, sf, &payload) else {
+            self.reports[k].otp_frames_not_sent += 1;
+            return;
+        };
+        self.reports[k].otp_frames_sent += 1;
+        for (j, d) in onus.iter_mut().enumerate() {
+            if !online[j] {
+                continue;
+            }
+            let r = &mut self.reports[j];
+            if j == k {
+                match d.open_downstream(&frame) {
+                    Ok(p) if p == payload => r.otp_frames_opened += 1,
+                    _ => r.otp_frames_lost += 1,
+                }
+                r.otp_replays += 1;
+                if d.open_downstream(&frame).is_ok() {
+                    r.otp_replays_opened += 1;
+                }
+                continue;
+            }
+            match d.open_downstream(&frame) {
+                Ok(_) => r.others_opened += 1,
+                Err(_) => r.others_refused += 1,
+            }
+            // Claiming to be ours: our own pad run of the same number (if any) on another
+            // ONU's ciphertext.
+            let mut forged = frame.clone();
+            forged[0..2].copy_from_slice(&(j as u16).to_be_bytes());
+            r.others_tried_with_own_key += 1;
+            if d.peek_downstream(&forged).is_ok_and(|p| p == payload) {
+                r.others_plaintext_recovered += 1;
             }
         }
     }

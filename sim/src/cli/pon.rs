@@ -73,6 +73,14 @@ pub struct Args {
     /// Downstream key rotation interval, superframes of 125 µs.
     #[arg(long, value_name = "SUPERFRAMES", default_value_t = 8_000)]
     pub rotate_superframes: u64,
+    /// A downstream flow marked for one-time pads: this many frames per second to every
+    /// ONU, each payload XORed with pool bytes used once (0 = off). Costs one key byte per
+    /// payload byte.
+    #[arg(long, value_name = "FPS", default_value_t = 0.0)]
+    pub otp_fps: f64,
+    /// Payload bytes per one-time-pad frame.
+    #[arg(long, value_name = "BYTES", default_value_t = 64)]
+    pub otp_payload: usize,
     /// Scenario options (file, eavesdroppers).
     #[command(flatten)]
     pub scenario: ScenarioArgs,
@@ -88,6 +96,8 @@ fn qpon_sim_downstream(args: &Args) -> crate::pon::DownstreamTraffic {
         frames_per_s: args.downstream_fps,
         payload_bytes: args.downstream_payload,
         rotate_every_superframes: args.rotate_superframes,
+        otp_frames_per_s: args.otp_fps,
+        otp_payload_bytes: args.otp_payload,
         ..crate::pon::DownstreamTraffic::default()
     }
 }
@@ -174,6 +184,19 @@ pub fn table(r: &PonReport) -> String {
                 d.pool_empty_alarms,
                 d.ledgers_agree
             ));
+            if d.otp_frames_sent + d.otp_frames_not_sent > 0 {
+                s.push_str(&format!(
+                    "onu {} one-time pad: {} sent, {} not sent (no pad), {} opened, {} lost, {} pad runs, replays opened {} of {}\n",
+                    o.onu,
+                    d.otp_frames_sent,
+                    d.otp_frames_not_sent,
+                    d.otp_frames_opened,
+                    d.otp_frames_lost,
+                    d.pad_runs,
+                    d.otp_replays_opened,
+                    d.otp_replays
+                ));
+            }
         }
     }
     for m in &r.slot_maps {
@@ -223,6 +246,15 @@ pub fn run_cli(args: Args) -> Result<(), CliError> {
             args.downstream_fps
         )));
     }
+    if !(args.otp_fps.is_finite() && args.otp_fps >= 0.0) {
+        return Err(CliError::BadInput(format!("invalid `otp_fps`: {} must be a number ≥ 0", args.otp_fps)));
+    }
+    if args.otp_payload == 0 || args.otp_payload > 4096 {
+        return Err(CliError::BadInput(format!(
+            "invalid `otp_payload`: {} must be in 1..=4096 (one pad run)",
+            args.otp_payload
+        )));
+    }
     if args.downstream_payload > qpon_mux::downstream::MAX_PAYLOAD {
         return Err(CliError::BadInput(format!(
             "invalid `downstream_payload`: {} is above {}",
@@ -233,7 +265,7 @@ pub fn run_cli(args: Args) -> Result<(), CliError> {
     if args.rotate_superframes == 0 {
         return Err(CliError::BadInput("invalid `rotate_superframes`: must be > 0".into()));
     }
-    let downstream = (args.downstream_fps > 0.0).then(|| qpon_sim_downstream(&args));
+    let downstream = (args.downstream_fps > 0.0 || args.otp_fps > 0.0).then(|| qpon_sim_downstream(&args));
     let mut opts = PonOptions {
         downstream,
         seconds: args.seconds,
