@@ -18,13 +18,17 @@
 //!
 //! The record types are `qpon-qkd`'s, re-exported here so a driver needs only this crate.
 //!
-//! Still to come (see the README's features table): the versioned board wire protocol, the
-//! host drivers (UDP via tokio, raw Ethernet via smoltcp) and the board-side protocol server.
+//! [`protocol`]: the versioned board wire protocol (v1, specified in `hw/PROTOCOL.md`) as
+//! strict checked views and validated representations. Still to come (see the README's
+//! features table): the host drivers over it (UDP via tokio, raw Ethernet via smoltcp) and
+//! the board-side protocol server.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 use serde::{Deserialize, Serialize};
 use std::ops::Range;
+
+pub mod protocol;
 
 // The public interface is:
 pub use qpon_qkd::records::{Basis, DetectionFlags, DetectionRecord, Intensity, PulseRecord};
