@@ -267,6 +267,20 @@ impl ControlEnd {
         s
     }
 
+    /// A new link to the field end (after either side restarted or the connection broke):
+    /// if the field end had mirrored the current batch (a response under it was accepted),
+    /// move on to a new batch — a restarted field end refuses every batch it mirrored
+    /// before, so requests under it would only time out. A batch it never mirrored is kept
+    /// (its requests still carry the descriptor), so a flapping link does not make the
+    /// control end run batches ahead. Costs at most the rest of one batch per reconnect.
+    pub fn link_restarted(&mut self) {
+        if let Some(b) = self.batch.as_mut()
+            && b.acked
+        {
+            b.retired = true;
+        }
+    }
+
     /// A request of batch `ordinal` got no response in time. If the field end had
     /// mirrored the batch (a response under it was accepted), its silence means it retired
     /// the batch after a forgery or lost it in a restart: move on to a new batch (and hash

@@ -231,6 +231,9 @@ impl Hub {
             Event::LinkUp { generation, tx } => {
                 self.link = Some((generation, tx));
                 self.link_up.send_replace(true);
+                // The field proxy may have restarted: do not wait for timeouts to leave a
+                // batch it will refuse.
+                self.end.link_restarted();
             }
             Event::LinkFrame { generation, frame } => {
                 if self.link.as_ref().is_some_and(|(g, _)| *g == generation) {
