@@ -21,9 +21,12 @@
 //! intensity class, both bases and the detector outcome (correct, wrong, double) jointly
 //! from the click-conditional distribution (one alias table over 12 × 3 entries, shared by
 //! the ONUs whose tables are equal, so that it stays in L1), and its low bits give the
-//! encoded bit, the bit of a double click and the afterpulse decision — no data-dependent
+//! encoded bit, the coin of a double click and the afterpulse decision — no data-dependent
 //! branch (a basis mismatch makes the outcome a coin flip, which a branch mispredicts).
-//! The sampler stores the ONU's pulse record and emits the detection record. With
+//! The drawn entry and the two low bits index tables of ready-made pulse and detection
+//! records, so the sampler copies the ONU's pulse record and the detection record from
+//! them, setting the pulse index and the gate. The common case (no afterpulse pending, an
+//! ONU's gate) runs in a loop of its own, `detect_run`, that makes no call. With
 //! probability p_ap a detection queues an afterpulse `dead_time + 1 + m` gates later (m
 //! from the afterpulse kernel); an afterpulse that lands in a live gate is a detection with a random bit, on
 //! whatever pulse owns that gate — the same ONU's or the next slot's.
@@ -34,10 +37,12 @@
 //!
 //! Randomness: two xoshiro256++ streams seeded (through SplitMix64) from the scenario
 //! seed — fast simulation generators, not key material: one for the candidates' Exp(1)
-//! variates, one for everything drawn at a detection. A frame's candidates are generated
-//! only once the caller's horizon reaches it, so given the seed and the same sequence of
-//! calls the output is identical, and splitting a run into different poll chunks gives
-//! exactly the same records. A schedule change (see [`Sampler::configure`]) restarts the
+//! variates (a ziggurat, [`exp`]), one for everything drawn at a detection; each is drawn
+//! into a buffer in a loop of its own and consumed in order. A frame's candidates are
+//! generated only once the caller's horizon reaches it (several frames per call when the
+//! horizon reaches several), so given the seed and the same sequence of calls the output
+//! is identical, and splitting a run into different poll chunks gives exactly the same
+//! records. A schedule change (see [`Sampler::configure`]) restarts the
 //! candidate process where it takes effect with a fresh variate, which is exact because
 //! gates are independent.
 //!
@@ -45,18 +50,17 @@
 //! draw and for dark counts in guard and idle gates, 2⁻³⁰ for the afterpulse decision).
 
 pub mod bench;
+mod exp;
 
 use crate::model::{CellTable, DetectorModel, SlotMap};
 use crate::planning::tables;
 use crate::scenario::Pon;
+use exp::Ziggurat;
 use qpon_hw::{
     Basis, DetectionFlags, DetectionRecord, DetectorChannelStatus, DetectorSource, DetectorStatus, Intensity,
     PulseAnswer, PulseRecord, PulseSource, SourceError, SourceSchedule,
 };
-use rand::rand_core::TryRng;
-use rand_distr::{Distribution, Exp1};
 use std::collections::VecDeque;
-use std::convert::Infallible;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Gates of propagation delay per km of fibre at 1 GHz (5 µs/km, DESIGN.md §7).
@@ -95,30 +99,24 @@ impl FastRng {
     }
 }
 
-impl TryRng for FastRng {
-    type Error = Infallible;
-
-    #[inline(always)]
-    fn try_next_u32(&mut self) -> Result<u32, Infallible> {
-        Ok((self.next_u64() >> 32) as u32)
-    }
-
-    #[inline(always)]
-    fn try_next_u64(&mut self) -> Result<u64, Infallible> {
-        Ok(self.next_u64())
-    }
-
-    fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Infallible> {
-        for chunk in dst.chunks_mut(8) {
-            let b = self.next_u64().to_le_bytes();
-            chunk.copy_from_slice(&b[..chunk.len()]);
-        }
-        Ok(())
-    }
-}
-
 /// Exp(1) variates drawn per batch.
 const EBUF: usize = 256;
+
+/// Random words for detections drawn per batch.
+const DBUF: usize = 256;
+
+/// Candidates after which `generate` goes into no further frame.
+const GEN_BATCH: usize = 4096;
+
+/// Fills `buf` with words of `rng`.
+#[inline(never)]
+fn fill_u64(rng: &mut FastRng, buf: &mut [u64]) {
+    let mut r = rng.clone();
+    for x in buf.iter_mut() {
+        *x = r.next_u64();
+    }
+    *rng = r;
+}
 
 /// 1.5·2⁵²: for 0 ≤ x < 2³¹, the low 32 bits of `(x + ROUND_MAGIC).to_bits()` are x
 /// rounded to the nearest integer.
@@ -127,19 +125,12 @@ const ROUND_MAGIC: f64 = 6755399441055744.0;
 /// "No such gate": beyond every horizon.
 const NEVER: u64 = u64::MAX;
 
-/// A candidate click, with what its detection needs to know of its segment.
+/// A candidate click: its gate and its segment (an index into `Sampler::seg_det`, which
+/// holds what the detection needs; 16 bytes, where copying those fields made 24).
 #[derive(Clone, Copy, Debug, Default)]
 struct Cand {
     gate: u64,
-    /// The owner's pulse index at the gate (when `owner` is not `IDLE`).
-    pulse: u64,
-    /// The ONU whose pulse it is, or `IDLE` (guard/idle gate, or before the owner's
-    /// first pulse arrives).
-    owner: u32,
-    /// The owner's click-draw table (an index into `Sampler::draws`).
-    draw: u16,
-    /// The segment's `ap`.
-    ap: bool,
+    seg: u32,
 }
 
 /// Twelve categories (k, b_s, b_r) → index k·4 + b_s·2 + b_r.
@@ -287,9 +278,9 @@ fn to_u32_scale(p: f64) -> u64 {
     (p.clamp(0.0, 1.0) * 4294967296.0).round() as u64
 }
 
-/// One segment of the current frame (one cache line: a candidate reads one).
+/// One segment of the current frame (the full description, for the rare paths; the hot
+/// loops read the compact `SegGen` and `SegDet` tables built from it).
 #[derive(Clone, Copy, Debug)]
-#[repr(C, align(64))]
 struct Seg {
     /// Cumulative hazard of the frame at the segment's start and end.
     h0: f64,
@@ -310,12 +301,52 @@ struct Seg {
 
 const IDLE: u32 = u32::MAX;
 
-/// Per-ONU state (the field a detection touches, `records`, first).
+/// Longest segment, in gates: a longer run of one owner is split, so that an offset
+/// within a segment converts from `f64` as a `u32` (a saturating conversion that costs
+/// two instructions, where one to `u64` costs five).
+const MAX_SEG: u64 = 1 << 32;
+
+/// What the candidate generator reads of a segment (40 bytes).
+#[derive(Clone, Copy, Debug)]
+struct SegGen {
+    /// Cumulative hazard of the frame at the segment's start and end.
+    h0: f64,
+    h1: f64,
+    /// Inverse of the hazard per gate (0 when the hazard is 0).
+    inv_lambda: f64,
+    /// First gate, in the frame.
+    start: u64,
+    /// Gates in the segment less one (below `MAX_SEG`).
+    last: u64,
+}
+
+/// What a detection reads of its candidate's segment (24 bytes).
+#[derive(Clone, Copy, Debug)]
+struct SegDet {
+    /// The owner's equalisation delay: gates below it come before the owner's first
+    /// pulse arrives and are idle. `NEVER` for idle segments, so that one comparison sends
+    /// every idle candidate to the slow path.
+    from: u64,
+    /// ONU index, or `IDLE`.
+    owner: u32,
+    /// Clicks here spawn an afterpulse when 30 random bits are below this: `p_ap`, or 0
+    /// where the detector does not afterpulse (blinded).
+    ap_th: u32,
+    /// The owner's click-draw table.
+    draw: u16,
+}
+
+impl SegDet {
+    /// The owner and pulse index of a candidate in this segment at `gate`.
+    #[inline(always)]
+    fn owner_at(&self, gate: u64) -> (u32, u64) {
+        if gate >= self.from { (self.owner, gate - self.from) } else { (IDLE, 0) }
+    }
+}
+
+/// Per-ONU state (the records a detection writes are in `Sampler::records`).
 #[derive(Debug)]
-#[repr(C, align(64))]
 struct OnuState {
-    /// Records of the pulses that caused or received a detection, in pulse order.
-    records: Vec<PulseRecord>,
     tables: OnuTables,
     /// Index of the ONU's click-draw table in `Sampler::draws`.
     draw: u16,
@@ -346,11 +377,18 @@ struct Counters {
 /// through [`SimPon`]'s handles, which implement the `hw` traits.
 #[derive(Debug)]
 pub struct Sampler {
-    /// Draws made at detections.
+    /// Draws made at detections, `DBUF` words at a time into `dbuf`; the next is
+    /// `dbuf[dbuf_i]`. (Drawn in a loop of their own, the generator's state stays out of
+    /// the detection loop's registers.)
     rng: FastRng,
+    dbuf: Box<[u64; DBUF]>,
+    dbuf_i: usize,
+    /// Room for the detection records of `detect_run`, one per word of `dbuf`.
+    scratch: Box<[DetectionRecord; DBUF]>,
     /// The candidates' Exp(1) variates, drawn `EBUF` at a time into `ebuf`; the next is
     /// `ebuf[ebuf_i]`.
     erng: FastRng,
+    zig: Box<Ziggurat>,
     ebuf: Box<[f64; EBUF]>,
     ebuf_i: usize,
     seed: u64,
@@ -368,9 +406,15 @@ pub struct Sampler {
     idle_double: u64,
     idle_lambda: f64,
     onus: Vec<OnuState>,
+    /// Per ONU, the records of the pulses that caused or received a detection, in pulse
+    /// order. (Apart from `OnuState`, so that the vectors a detection pushes to lie in 24
+    /// bytes per ONU, in L1, rather than one per cache line.)
+    records: Vec<Vec<PulseRecord>>,
     /// The distinct click-draw tables of the ONUs.
     draws: Vec<ClickDraw>,
     segs: Vec<Seg>,
+    seg_gen: Vec<SegGen>,
+    seg_det: Vec<SegDet>,
     /// Cumulative hazard at the start of each segment (one more entry: the frame's total).
     hcum: Vec<f64>,
     /// Bucket index over the frame's hazard (M = 4 buckets per segment, M + 1 entries):
@@ -406,6 +450,10 @@ pub struct Sampler {
     flag_until: u64,
     out: Vec<DetectionRecord>,
     counters: Counters,
+    /// Detections made by `detect_run`, by click index (see [`CLICK_DET`]), not yet in
+    /// `counters`: one increment per detection, folded into the counters when they are
+    /// read, where counting the detectors' clicks took a pass over the records.
+    click_hist: Box<[u64; 256]>,
 }
 
 impl Sampler {
@@ -433,6 +481,7 @@ impl Sampler {
             })
             .collect();
         let y0 = det.y0();
+        let records = vec![Vec::new(); tabs.len()];
         let mut draws: Vec<ClickDraw> = Vec::new();
         let onus = tabs
             .iter()
@@ -454,14 +503,19 @@ impl Sampler {
                     equalisation_delay: delays[i],
                 }],
                 pending: Vec::new(),
-                records: Vec::new(),
                 released: 0,
                 answers: VecDeque::new(),
             })
             .collect();
         let mut s = Sampler {
             rng: FastRng::seed_from_u64(pon.seed),
+            dbuf: Box::new([0; DBUF]),
+            dbuf_i: DBUF,
+            scratch: Box::new(
+                [DetectionRecord { gate: 0, basis: Basis::Z, bit: false, flags: DetectionFlags(0) }; DBUF],
+            ),
             erng: FastRng::seed_from_u64(splitmix(pon.seed ^ 0x6a09_e667_f3bc_c908)),
+            zig: Box::new(Ziggurat::new()),
             ebuf: Box::new([0.0; EBUF]),
             ebuf_i: EBUF,
             seed: pon.seed,
@@ -476,8 +530,11 @@ impl Sampler {
             idle_double: if y0 > 0.0 { to_u32_scale(det.dark_count * det.dark_count / y0) } else { 0 },
             idle_lambda: -(-y0).ln_1p(),
             onus,
+            records,
             draws,
             segs: Vec::new(),
+            seg_gen: Vec::new(),
+            seg_det: Vec::new(),
             hcum: Vec::new(),
             buckets: Vec::new(),
             bucket_scale: 0.0,
@@ -495,16 +552,28 @@ impl Sampler {
             flag_until: 0,
             out: Vec::new(),
             counters: Counters::default(),
+            click_hist: Box::new([0; 256]),
         };
         s.rebuild(0);
         s.e_res = s.exp();
         s
     }
 
+    /// The next random word for a detection.
+    #[inline]
+    fn det_u64(&mut self) -> u64 {
+        if self.dbuf_i == DBUF {
+            fill_u64(&mut self.rng, &mut self.dbuf[..]);
+            self.dbuf_i = 0;
+        }
+        self.dbuf_i += 1;
+        self.dbuf[self.dbuf_i - 1]
+    }
+
     #[inline]
     fn exp(&mut self) -> f64 {
         if self.ebuf_i == EBUF {
-            refill_exp(&mut self.erng, &mut self.ebuf[..]);
+            self.zig.fill(&mut self.erng, &mut self.ebuf[..]);
             self.ebuf_i = 0;
         }
         self.ebuf_i += 1;
@@ -543,7 +612,6 @@ impl Sampler {
                 }
                 crate::model::Owner::Idle => (IDLE, self.idle_lambda, true, 0),
             };
-            self.frame_hazard += lambda * seg.len() as f64;
             let delay = match seg.owner {
                 crate::model::Owner::Onu(i) => {
                     self.onus[i].schedule_at(frame).map(|s| s.equalisation_delay).unwrap_or(0)
@@ -551,20 +619,32 @@ impl Sampler {
                 crate::model::Owner::Idle => 0,
             };
             let inv_lambda = if lambda > 0.0 { 1.0 / lambda } else { 0.0 };
-            let h0 = *self.hcum.last().unwrap_or(&0.0);
-            self.hcum.push(self.frame_hazard);
-            let h1 = self.frame_hazard;
-            self.segs.push(Seg {
-                h0,
-                h1,
-                start: seg.start,
-                end: seg.end,
-                owner,
-                inv_lambda,
-                delay,
-                draw,
-                ap,
+            let mut start = seg.start;
+            while start < seg.end {
+                let end = seg.end.min(start.saturating_add(MAX_SEG));
+                let h0 = *self.hcum.last().unwrap_or(&0.0);
+                let h1 = h0 + lambda * (end - start) as f64;
+                self.hcum.push(h1);
+                self.segs.push(Seg { h0, h1, start, end, owner, inv_lambda, delay, draw, ap });
+                start = end;
+            }
+        }
+        // The frame's total is the last segment's end (equal to the sum above but for
+        // rounding), so that every t below it falls in a segment.
+        self.frame_hazard = *self.hcum.last().unwrap_or(&0.0);
+        self.seg_gen.clear();
+        self.seg_det.clear();
+        for s in &self.segs {
+            self.seg_gen.push(SegGen {
+                h0: s.h0,
+                h1: s.h1,
+                inv_lambda: s.inv_lambda,
+                start: s.start,
+                last: s.end - s.start - 1,
             });
+            let from = if s.owner == IDLE { NEVER } else { s.delay };
+            let ap_th = if s.ap { u32::try_from(self.p_ap).unwrap_or(u32::MAX) } else { 0 };
+            self.seg_det.push(SegDet { from, owner: s.owner, ap_th, draw: s.draw });
         }
         let m = 4 * self.segs.len();
         self.buckets.clear();
@@ -615,8 +695,9 @@ impl Sampler {
             return;
         }
         o.released = pulse;
-        let cut = o.records.partition_point(|r| r.pulse < pulse);
-        o.records.drain(..cut);
+        let records = &mut self.records[onu];
+        let cut = records.partition_point(|r| r.pulse < pulse);
+        records.drain(..cut);
     }
 
     /// Forgets every ONU's pulse records for gates below `gate`.
@@ -666,8 +747,6 @@ impl Sampler {
         if until <= self.pos {
             return;
         }
-        // A local copy of the generator stays in registers across the record writes.
-        let mut rng = self.rng.clone();
         loop {
             if self.cand_i == self.cand_n {
                 // Generate the next frame once every afterpulse before it is handled (the
@@ -675,18 +754,23 @@ impl Sampler {
                 if self.gen_gate < until && self.pending_ap.first().is_none_or(|&a| a >= self.gen_gate) {
                     self.cand_n = 0;
                     self.cand_i = 0;
-                    self.generate();
+                    self.generate(until);
                     continue;
                 }
             } else if self.pending_ap.is_empty() {
-                // Fast path: the next event is a candidate.
-                let cand = self.cand[self.cand_i];
-                if cand.gate >= until {
-                    break;
-                }
-                self.cand_i += 1;
-                if cand.gate >= self.live_from {
-                    self.primary(cand, &mut rng);
+                // Fast path: the next events are candidates.
+                self.detect_run(until);
+                if self.cand_i < self.cand_n && self.pending_ap.is_empty() {
+                    // `detect_run` stopped at the horizon, or before a candidate it
+                    // leaves to `primary` (idle gate).
+                    let cand = self.cand[self.cand_i];
+                    if cand.gate >= until {
+                        break;
+                    }
+                    self.cand_i += 1;
+                    if cand.gate >= self.live_from {
+                        self.primary(cand);
+                    }
                 }
                 continue;
             }
@@ -703,25 +787,26 @@ impl Sampler {
                     self.pending_ap.remove(0);
                 }
                 if c >= self.live_from {
-                    self.primary(cand, &mut rng);
+                    self.primary(cand);
                 }
             } else {
                 self.pending_ap.remove(0);
                 if a >= self.live_from {
-                    self.afterpulse(a, &mut rng);
+                    self.afterpulse(a);
                 }
             }
         }
-        self.rng = rng;
         self.pos = until;
     }
 
-    /// Generates the candidate clicks of the frame starting at `gen_gate`, or skips the
+    /// Generates the candidate clicks of the frame starting at `gen_gate` and of the
+    /// following ones that start below `until` under the same segment table, or skips the
     /// frames without any (at most up to the next schedule change).
     ///
-    /// (Not inlined: once per frame, and on its own the loop keeps its state in registers.)
+    /// (Not inlined: once per poll or so, and on its own the loop keeps its state in
+    /// registers.)
     #[inline(never)]
-    fn generate(&mut self) {
+    fn generate(&mut self, until: u64) {
         let f = self.frame_gates;
         let frame = self.gen_gate / f;
         if frame >= self.next_change {
@@ -741,56 +826,74 @@ impl Sampler {
             }
             return;
         }
-        let base = self.gen_gate;
-        // Locals, so that the generator's state and the tables stay in registers while
-        // candidates are written.
-        let mut rng = self.erng.clone();
+        let mut base = self.gen_gate;
+        // Later frames are generated in the same call while they start below `until` and
+        // the segment table holds for them, so that the calls' costs are shared by more
+        // candidates (a frame holds a few dozen): up to the start of the first frame
+        // that may not be generated yet.
+        let lim = until.min(self.next_change.saturating_mul(f));
+        // Locals, so that the tables stay in registers while candidates are written.
         let mut cand = std::mem::take(&mut self.cand);
         if cand.len() < 64 {
             cand.resize(64, Cand::default());
         }
         let mut n = self.cand_n;
-        let ebuf = &mut self.ebuf[..];
+        let ebuf = &mut *self.ebuf;
+        let zig = &*self.zig;
+        let erng = &mut self.erng;
         let mut ei = self.ebuf_i;
-        let (segs, buckets) = (&self.segs[..], &self.buckets[..]);
+        let (gens, buckets) = (&self.seg_gen[..], &self.buckets[..]);
         let scale = self.bucket_scale;
         let mut t = self.e_res;
-        // The inner loop writes into a slice (its pointer and length stay in registers);
-        // when the slice is full, the outer one doubles it.
         loop {
-            let out = &mut cand[..];
-            while t < h && n < out.len() {
+            if ei == EBUF {
+                zig.fill(erng, ebuf);
+                ei = 0;
+            }
+            if n == cand.len() {
+                let len = cand.len();
+                cand.resize(2 * len, Cand::default());
+            }
+            // The inner loop makes no call (the refill and the growth are above), so that
+            // `t` and the tables' pointers stay in registers; it runs until the last
+            // frame's end, the variates' end or the room's end.
+            let room = (cand.len() - n).min(EBUF - ei);
+            let mut k = 0;
+            for (slot, &e) in cand[n..n + room].iter_mut().zip(&ebuf[ei..ei + room]) {
+                if t >= h {
+                    // Into the next frame, if it may be generated now and has a candidate
+                    // (else the next call skips the empty frames by division), unless the
+                    // batch is large enough (a long poll would hold them all in memory).
+                    if t - h < h && base + f < lim && n + k < GEN_BATCH {
+                        t -= h;
+                        base += f;
+                    } else {
+                        break;
+                    }
+                }
                 // round(t·M/H) by the 1.5·2⁵² trick (0 ≤ t·M/H ≤ M < 2³¹): no float-to-integer
                 // conversion.
                 let b = ((t * scale + ROUND_MAGIC).to_bits() as u32) as usize;
                 // t < H = the last segment's h1, so j stays in range; the loop rarely runs
                 // more than once.
                 let mut j = buckets[b] as usize;
-                while segs[j].h1 <= t {
+                while gens[j].h1 <= t {
                     j += 1;
                 }
-                let s = &segs[j];
-                let o = ((t - s.h0) * s.inv_lambda).max(0.0) as i64 as u64;
-                let g = s.start + o.min(s.end - s.start - 1);
-                let gate = base + g;
-                // (Idle segments have delay 0, so their candidates stay idle.)
-                let owner = if gate >= s.delay { s.owner } else { IDLE };
-                out[n] = Cand { gate, pulse: gate.wrapping_sub(s.delay), owner, draw: s.draw, ap: s.ap };
-                n += 1;
-                if ei == EBUF {
-                    refill_exp(&mut rng, ebuf);
-                    ei = 0;
-                }
-                t += ebuf[ei];
-                ei += 1;
+                let s = &gens[j];
+                // Saturating: a negative offset (rounding at the segment's start) gives 0,
+                // one past the end (rounding at its end) is clamped to the last gate.
+                let o = ((t - s.h0) * s.inv_lambda) as u32;
+                *slot = Cand { gate: base + s.start + u64::from(o).min(s.last), seg: j as u32 };
+                t += e;
+                k += 1;
             }
+            n += k;
+            ei += k;
             if t >= h {
                 break;
             }
-            let len = cand.len();
-            cand.resize(2 * len, Cand::default());
         }
-        self.erng = rng;
         self.ebuf_i = ei;
         self.cand = cand;
         self.cand_n = n;
@@ -811,84 +914,174 @@ impl Sampler {
 
     /// After a detection at `gate`: dead time and afterpulse.
     #[inline(always)]
-    fn after_detection(&mut self, gate: u64, spawn: bool, u_ap: u64, rng: &mut FastRng) {
+    fn after_detection(&mut self, gate: u64, spawn: bool) {
         let resume = gate + self.dead + 1;
         self.flag_until = resume.saturating_add(self.window);
         while self.pending_ap.first().is_some_and(|&a| a < resume) {
             self.pending_ap.remove(0);
         }
-        if spawn && u_ap < self.p_ap {
-            let u = rng.next_u64() & 0xffff_ffff;
-            let m = self.ap_cdf.partition_point(|&c| c <= u).min(self.ap_cdf.len() - 1) as u64;
-            let a = resume + m;
-            let at = self.pending_ap.partition_point(|&x| x < a);
-            if self.pending_ap.get(at) != Some(&a) {
-                self.pending_ap.insert(at, a);
-            }
+        if spawn {
+            self.queue_afterpulse(resume);
         }
         self.live_from = resume;
     }
 
+    /// Queues an afterpulse of a detection after which the receiver is live from `resume`.
+    fn queue_afterpulse(&mut self, resume: u64) {
+        let u = self.det_u64() & 0xffff_ffff;
+        let m = self.ap_cdf.partition_point(|&c| c <= u).min(self.ap_cdf.len() - 1) as u64;
+        let a = resume + m;
+        let at = self.pending_ap.partition_point(|&x| x < a);
+        if self.pending_ap.get(at) != Some(&a) {
+            self.pending_ap.insert(at, a);
+        }
+    }
+
+    /// Detects the candidates below `until` while no afterpulse is pending — the common
+    /// case, with the receiver's state in registers. Stops at the
+    /// horizon, after a detection that queues an afterpulse (the general loop in `advance`
+    /// then merges the two streams), and before a candidate it leaves to
+    /// [`Self::primary`]: one in an idle gate, or one that needs a call (a refill of the
+    /// random words, a vector to grow). The loop makes no call, so that nothing is
+    /// spilled around one. Draws exactly what `primary` would.
+    fn detect_run(&mut self, until: u64) {
+        // A detector without afterpulses (no afterpulse window, probability 0) has a loop
+        // of its own without the window flag and the afterpulse decision, which would
+        // never fire: the same records, fewer instructions and registers.
+        if self.window == 0 && self.p_ap == 0 {
+            self.detect_run_as::<false>(until);
+        } else {
+            self.detect_run_as::<true>(until);
+        }
+    }
+
+    /// [`Self::detect_run`], for a detector with afterpulses (`AP`) or without.
+    #[inline(never)]
+    fn detect_run_as<const AP: bool>(&mut self, until: u64) {
+        let cands = &self.cand[self.cand_i..self.cand_n];
+        // The candidates below the horizon (a search per call, not a test per candidate).
+        let end = cands.partition_point(|c| c.gate < until);
+        if DBUF - self.dbuf_i < end.min(DBUF) {
+            // Too few random words left for the run: move them to the front and draw the
+            // rest, so that the loop stops for a refill less often. (The stream is the
+            // same as if the words were drawn one batch after another.)
+            let left = DBUF - self.dbuf_i;
+            self.dbuf.copy_within(self.dbuf_i.., 0);
+            fill_u64(&mut self.rng, &mut self.dbuf[left..]);
+            self.dbuf_i = 0;
+        }
+        let (segs, draws) = (&self.seg_det[..], &self.draws[..]);
+        let records = &mut self.records[..];
+        // The detection records are written next to the random words they were drawn
+        // from, `scratch[di]` for `dbuf[di]`, and appended to `out` after the loop: no
+        // capacity test, no call, and no bounds test beyond the words' own in the loop.
+        let scratch = &mut *self.scratch;
+        let hist = &mut *self.click_hist;
+        let dbuf = &*self.dbuf;
+        let di0 = self.dbuf_i;
+        let mut di = di0;
+        let mut live_from = self.live_from;
+        let mut flag_until = self.flag_until;
+        let dead1 = self.dead + 1;
+        let dead_window = dead1.saturating_add(self.window);
+        let mut it = cands[..end].iter();
+        // Stopped before the candidate last taken from `it` (left to `primary`).
+        let mut stopped = false;
+        let mut spawn = false;
+        for cand in it.by_ref() {
+            let c = cand.gate;
+            if c < live_from {
+                continue; // dead
+            }
+            let s = &segs[cand.seg as usize];
+            // Idle (or before the owner's first pulse), or a call needed (a vector to grow,
+            // random words to draw): `primary`.
+            if c < s.from {
+                stopped = true;
+                break;
+            }
+            let recs = &mut records[s.owner as usize];
+            let Some(&u) = dbuf.get(di) else {
+                stopped = true;
+                break;
+            };
+            if recs.len() == recs.capacity() {
+                stopped = true;
+                break;
+            }
+            let i = click(&draws[usize::from(s.draw)], u);
+            recs.push(PulseRecord { pulse: c - s.from, ..CLICK_PULSE[i] });
+            hist[i] += 1;
+            // (Without afterpulses the window is empty: `flag_until` is `live_from`, at
+            // or before c.)
+            let window = AP && c < flag_until;
+            scratch[di] = DetectionRecord { gate: c, ..CLICK_DET[i | usize::from(window) << 8] };
+            di += 1;
+            live_from = c + dead1;
+            // (No overflow: a gate index would need 584 years at 1 GHz to come near it.)
+            flag_until = c + dead_window;
+            if AP && (u >> 2) & AP_MASK < u64::from(s.ap_th) {
+                spawn = true;
+                break;
+            }
+        }
+        self.cand_i += end - it.len() - usize::from(stopped);
+        self.dbuf_i = di;
+        self.live_from = live_from;
+        self.flag_until = flag_until;
+        self.out.extend_from_slice(&self.scratch[di0..di]);
+        if spawn {
+            self.queue_afterpulse(live_from);
+        }
+    }
+
     /// A primary click (signal or dark), the receiver live.
     #[inline(always)]
-    fn primary(&mut self, cand: Cand, rng: &mut FastRng) {
+    fn primary(&mut self, cand: Cand) {
         let c = cand.gate;
-        let u = rng.next_u64();
+        let s = self.seg_det[cand.seg as usize];
+        let (owner, pulse) = s.owner_at(c);
+        let u = self.det_u64();
         let mut flags = self.flags_for(c);
-        let (basis, bit, u_ap) = if cand.owner != IDLE {
-            // One word settles the click: the top 32 bits pick (category, outcome) from the
-            // joint alias table, bit 0 is the encoded bit, bit 1 the reported bit of a
-            // double click, bits 2–31 the afterpulse decision.
-            let what = self.draws[usize::from(cand.draw)].sample(u);
-            let cat = what & 15;
-            let outcome = what >> 4;
-            let x = u & 1;
-            // Correct: x; wrong: !x; double: bit 1. In masks: no branch to mispredict.
-            let double = u64::from(outcome == DOUBLE);
-            let b = x ^ u64::from(outcome == WRONG);
-            let bit = b ^ ((b ^ (u >> 1)) & double.wrapping_neg() & 1);
-            flags |= (double as u8) * DetectionFlags::DOUBLE_CLICK;
-            let Some(intensity) = Intensity::from_index(cat / 4) else { unreachable!() };
-            self.onus[cand.owner as usize].records.push(PulseRecord {
-                pulse: cand.pulse,
-                basis: Basis::from_bit((cat / 2) % 2 == 1),
-                bit: x == 1,
-                intensity,
-            });
-            (Basis::from_bit(cat & 1 == 1), bit == 1, (u >> 2) & AP_MASK)
+        let (basis, bit, spawn) = if owner != IDLE {
+            let i = click(&self.draws[usize::from(s.draw)], u);
+            let det = CLICK_DET[i];
+            flags |= det.flags.0;
+            self.records[owner as usize].push(PulseRecord { pulse, ..CLICK_PULSE[i] });
+            (det.basis, det.bit, (u >> 2) & AP_MASK < u64::from(s.ap_th))
         } else {
             // Dark count in a guard or idle gate (rare).
-            let u2 = rng.next_u64();
+            let u2 = self.det_u64();
             let basis = Basis::from_bit((u & 0xffff_ffff) >= self.idle_basis);
             if (u >> 32) < self.idle_double {
                 flags |= DetectionFlags::DOUBLE_CLICK;
             }
-            (basis, (u2 >> 33) & 1 == 1, u2 & AP_MASK)
+            (basis, (u2 >> 33) & 1 == 1, u2 & AP_MASK < u64::from(s.ap_th))
         };
         self.emit(c, basis, bit, flags);
-        self.after_detection(c, cand.ap, u_ap, rng);
+        self.after_detection(c, spawn);
     }
 
     /// An afterpulse at gate `a`, the receiver live (`a` is below `gen_gate`, so the
     /// current segment table holds for it).
-    fn afterpulse(&mut self, a: u64, rng: &mut FastRng) {
+    fn afterpulse(&mut self, a: u64) {
         let seg = self.seg_at(a);
         if !seg.ap {
             return; // blinded: the detector does not afterpulse
         }
-        let u1 = rng.next_u64();
-        let u2 = rng.next_u64();
+        let u1 = self.det_u64();
+        let u2 = self.det_u64();
         let flags = self.flags_for(a) | DetectionFlags::AFTERPULSE_WINDOW;
         let bit = (u2 >> 33) & 1 == 1;
         let basis = if seg.owner != IDLE {
-            let o = &mut self.onus[seg.owner as usize];
+            let o = &self.onus[seg.owner as usize];
             let delay = seg.delay;
             let cat = o.tables.no_click.sample(u1);
             let (k, bs, br) = (cat / 4, (cat / 2) % 2, cat % 2);
             if a >= delay {
                 let Some(intensity) = Intensity::from_index(k as u8) else { unreachable!() };
                 let x = (u2 >> 32) & 1 == 1;
-                o.records.push(PulseRecord {
+                self.records[seg.owner as usize].push(PulseRecord {
                     pulse: a - delay,
                     basis: Basis::from_bit(bs == 1),
                     bit: x,
@@ -900,7 +1093,7 @@ impl Sampler {
             Basis::from_bit((u1 & 0xffff_ffff) >= self.idle_basis)
         };
         self.emit(a, basis, bit, flags);
-        self.after_detection(a, true, u2 & AP_MASK, rng);
+        self.after_detection(a, u2 & AP_MASK < self.p_ap);
     }
 
     #[inline]
@@ -924,8 +1117,9 @@ impl Sampler {
                 if p < o.released {
                     return None;
                 }
-                if let Ok(i) = o.records.binary_search_by_key(&p, |r| r.pulse) {
-                    return Some(o.records[i]);
+                let records = &self.records[onu];
+                if let Ok(i) = records.binary_search_by_key(&p, |r| r.pulse) {
+                    return Some(records[i]);
                 }
                 // Did the source fire this pulse, and has it been generated?
                 let mut found = None;
@@ -959,6 +1153,18 @@ impl Sampler {
     /// The receiver status since the last call.
     pub fn status(&mut self) -> DetectorStatus {
         let now = self.horizon();
+        // Fold in the detections counted by click index.
+        for (i, n) in self.click_hist.iter_mut().enumerate() {
+            let d = CLICK_DET[i];
+            if d.flags.has(DetectionFlags::DOUBLE_CLICK) {
+                self.counters.doubles += *n;
+                self.counters.clicks[0] += *n;
+                self.counters.clicks[1] += *n;
+            } else {
+                self.counters.clicks[usize::from(d.bit)] += *n;
+            }
+            *n = 0;
+        }
         let c = std::mem::take(&mut self.counters);
         self.counters.since_gate = now;
         let gates = now.saturating_sub(c.since_gate);
@@ -992,14 +1198,63 @@ impl Sampler {
 /// Bits of the afterpulse decision (compared with `Sampler::p_ap`).
 const AP_MASK: u64 = 0x3fff_ffff;
 
-/// Refills `ebuf` with Exp(1) variates (kept out of the candidate loop).
-#[inline(never)]
-fn refill_exp(rng: &mut FastRng, ebuf: &mut [f64]) {
-    let mut r = rng.clone();
-    for x in ebuf.iter_mut() {
-        *x = Exp1.sample(&mut r);
+/// The intensity classes by index (the fourth entry is never drawn; it makes the lookup
+/// by two bits need no bounds check).
+const INTENSITY: [Intensity; 4] = [Intensity::Signal, Intensity::Decoy, Intensity::Vacuum, Intensity::Vacuum];
+
+/// The records of a click, by `what | x << 6 | r << 7` (`what` from a [`ClickDraw`], x
+/// the encoded bit, r the coin of a double click): the pulse record (its `pulse` left 0)
+/// and, in the entry 256 further when the gate lies in the afterpulse window, the
+/// detection record (its `gate` left 0). Copying a record from here and setting one field
+/// takes a few instructions, where the bit logic and the byte stores took twenty.
+const CLICK_PULSE: [PulseRecord; 256] = click_pulse();
+const CLICK_DET: [DetectionRecord; 512] = click_det();
+
+/// A click's (receiver basis, receiver bit, double click, sender basis, encoded bit,
+/// intensity index) by `what | x << 6 | r << 7`.
+const fn click_fields(i: usize) -> (bool, bool, bool, bool, bool, usize) {
+    // what = br | bs << 1 | k << 2 | (outcome == WRONG) << 4 | (outcome == DOUBLE) << 5.
+    let (what, x, r) = (i & 63, (i >> 6) & 1, (i >> 7) & 1);
+    let (br, bs, k) = (what & 1, (what >> 1) & 1, (what >> 2) & 3);
+    let (wrong, double) = ((what >> 4) & 1, (what >> 5) & 1);
+    // Correct: x; wrong: x ^ 1; double: x ^ r, a fair coin independent of x (as the
+    // squashing model wants).
+    let bit = x ^ wrong ^ (r & double);
+    (br == 1, bit == 1, double == 1, bs == 1, x == 1, k)
+}
+
+const fn click_pulse() -> [PulseRecord; 256] {
+    let mut t = [PulseRecord { pulse: 0, basis: Basis::Z, bit: false, intensity: Intensity::Signal }; 256];
+    let mut i = 0;
+    while i < 256 {
+        let (_, _, _, bs, x, k) = click_fields(i);
+        t[i] = PulseRecord { pulse: 0, basis: Basis::from_bit(bs), bit: x, intensity: INTENSITY[k] };
+        i += 1;
     }
-    *rng = r;
+    t
+}
+
+const fn click_det() -> [DetectionRecord; 512] {
+    let mut t = [DetectionRecord { gate: 0, basis: Basis::Z, bit: false, flags: DetectionFlags(0) }; 512];
+    let mut i = 0;
+    while i < 512 {
+        let (br, bit, double, _, _, _) = click_fields(i & 255);
+        let window = if i >= 256 { DetectionFlags::AFTERPULSE_WINDOW } else { 0 };
+        let dbl = if double { DetectionFlags::DOUBLE_CLICK } else { 0 };
+        t[i] =
+            DetectionRecord { gate: 0, basis: Basis::from_bit(br), bit, flags: DetectionFlags(window | dbl) };
+        i += 1;
+    }
+    t
+}
+
+/// A click in an ONU's gate from one 64-bit word, as an index into [`CLICK_PULSE`] and
+/// [`CLICK_DET`]: the top 32 bits pick (category, outcome) from the joint alias table,
+/// bit 0 is the encoded bit, bit 1 the coin of a double click (bits 2–31 are left for the
+/// afterpulse decision).
+#[inline(always)]
+fn click(draw: &ClickDraw, u: u64) -> usize {
+    usize::from(draw.sample(u) & 63) | ((u & 3) << 6) as usize
 }
 
 fn splitmix(mut z: u64) -> u64 {

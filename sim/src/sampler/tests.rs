@@ -346,3 +346,128 @@ fn bench_sampler() {
     }
     println!("{:?}", bench::run(&bench::scenario(128, DetectorProfile::Apd), 20.0));
 }
+
+/// Chunk invariance on a large PON (many segments, several frames per poll, the random
+/// words' refills falling mid-run) and on the pulse records as well as the detections.
+#[test]
+fn large_pon_same_records_whatever_the_chunks() {
+    let pon = bench::scenario(128, DetectorProfile::Snspd);
+    let (sa, a) = run(&pon, 40_000_000, 1_000_000);
+    let (sb, b) = run(&pon, 40_000_000, 777_777);
+    let (sc, c) = run(&pon, 40_000_000, 40_000_000);
+    assert!(a.len() > 5_000);
+    assert_eq!(a, b);
+    assert_eq!(a, c);
+    let ra = sa.with(|s| s.records.clone());
+    assert_eq!(ra, sb.with(|s| s.records.clone()));
+    assert_eq!(ra, sc.with(|s| s.records.clone()));
+    // Every detection but the dark counts in guard gates has its pulse record.
+    let n = ra.iter().map(Vec::len).sum::<usize>();
+    assert!(n <= a.len() && n as f64 > 0.99 * a.len() as f64, "{n} records, {} detections", a.len());
+}
+
+/// The receiver's counters (click rates, double clicks) agree with the records, whichever
+/// path made them (the fast loop, a primary click, an afterpulse, a dark count).
+#[test]
+fn status_counts_every_detection() {
+    for det in [DetectorProfile::Apd, DetectorProfile::Snspd] {
+        let pon = small_pon(det);
+        let gates = 5_000_000;
+        let (sim, recs) = run(&pon, gates, 1_234_567);
+        let st = sim.detector().status().unwrap();
+        let secs = gates as f64 / pon.gate_rate_hz;
+        let double = |r: &DetectionRecord| r.flags.has(DetectionFlags::DOUBLE_CLICK);
+        let d0 = recs.iter().filter(|r| double(r) || !r.bit).count() as f64;
+        let d1 = recs.iter().filter(|r| double(r) || r.bit).count() as f64;
+        let dd = recs.iter().filter(|r| double(r)).count() as f64;
+        assert!(dd > 0.0, "{det:?}: some double clicks");
+        for (got, want) in [
+            (st.detectors[0].click_rate_hz * secs, d0),
+            (st.detectors[1].click_rate_hz * secs, d1),
+            (st.double_click_rate_hz * secs, dd),
+        ] {
+            assert!((got - want).abs() < 1e-6 * want.max(1.0), "{det:?}: {got} vs {want}");
+        }
+    }
+}
+
+/// The click tables against the outcome they encode: the sender's basis, bit and class
+/// and the receiver's basis are the category's; the receiver's bit is the encoded one,
+/// flipped for a wrong outcome, and for a double click a fair coin independent of the
+/// encoded bit (over the coin r, each value once for each x).
+#[test]
+fn click_tables_encode_the_outcome() {
+    for what in 0..64usize {
+        let (cat, outcome) = (what & 15, what >> 4);
+        if outcome == 3 {
+            continue; // never drawn
+        }
+        for x in 0..2usize {
+            let mut bits = [0; 2];
+            for r in 0..2usize {
+                let i = what | x << 6 | r << 7;
+                let (p, d) = (CLICK_PULSE[i], CLICK_DET[i]);
+                let w = CLICK_DET[i | 256];
+                assert_eq!(p.basis, Basis::from_bit(cat & 2 != 0));
+                assert_eq!(p.bit, x == 1);
+                assert_eq!(p.intensity, Intensity::ALL[(cat >> 2).min(2)]);
+                assert_eq!(d.basis, Basis::from_bit(cat & 1 != 0));
+                assert_eq!(d.flags.has(DetectionFlags::DOUBLE_CLICK), outcome == 2);
+                assert!(!d.flags.has(DetectionFlags::AFTERPULSE_WINDOW));
+                assert!(w.flags.has(DetectionFlags::AFTERPULSE_WINDOW));
+                assert_eq!((w.basis, w.bit), (d.basis, d.bit));
+                match outcome {
+                    0 => assert_eq!(d.bit, x == 1),
+                    1 => assert_eq!(d.bit, x == 0),
+                    _ => {}
+                }
+                bits[usize::from(d.bit)] += 1;
+            }
+            if outcome == 2 {
+                assert_eq!(bits, [1, 1], "a double click's bit is a fair coin given x");
+            }
+        }
+    }
+}
+
+/// This thread's CPU time (ns), from the scheduler's accounting (Linux only).
+fn thread_cpu_ns() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    s.split_whitespace().next()?.parse().ok()
+}
+
+/// The sampler stage of `qpon-sim bench` by this thread's CPU time as well as by wall
+/// time (on a shared machine the wall time counts other processes' turns): five runs of
+/// `QPON_BENCH_SECS` simulated seconds (default 50) of the 128-ONU PON, with the
+/// `QPON_BENCH_DETECTOR` profile (`apd`, else SNSPD), and their median.
+#[test]
+#[ignore = "benchmark: run with --release -- --ignored --nocapture"]
+fn bench_sampler_cpu() {
+    let secs: f64 = std::env::var("QPON_BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(50.0);
+    let det = match std::env::var("QPON_BENCH_DETECTOR").as_deref() {
+        Ok("apd") => DetectorProfile::Apd,
+        _ => DetectorProfile::Snspd,
+    };
+    let pon = bench::scenario(128, det);
+    let mut rates = Vec::new();
+    for _ in 0..5 {
+        let c0 = thread_cpu_ns();
+        let b = bench::run(&pon, secs);
+        let c1 = thread_cpu_ns();
+        if let (Some(c0), Some(c1)) = (c0, c1) {
+            let cpu = (c1 - c0) as f64 * 1e-9;
+            let r = b.detections as f64 / cpu;
+            println!(
+                "detections {} wall {:.1} M/s cpu {:.1} M/s",
+                b.detections,
+                b.events_per_s / 1e6,
+                r / 1e6
+            );
+            rates.push(r);
+        }
+    }
+    rates.sort_by(f64::total_cmp);
+    if !rates.is_empty() {
+        println!("median cpu {:.1} M/s", rates[rates.len() / 2] / 1e6);
+    }
+}
