@@ -248,6 +248,50 @@ pub trait KeySupply: Send + Sync {
     fn issue(&self, onu: u16, unit: usize, number: usize) -> Result<Vec<IssuedKey>, SupplyError>;
 }
 
+/// A [`KeySupply`] for two stores in one process: takes each run from the OLT-side
+/// store's pool and mirrors it into the ONU-side store's pool at once — what the OLT
+/// driver's announcement and the ONU driver's mirroring do over the classical channel in
+/// the services. For tests and single-host demonstrations (both KMEs on one machine); the
+/// `olt` service issues through its driver.
+pub struct MirrorSupply {
+    olt: KeyStore,
+    onu: KeyStore,
+}
+
+impl MirrorSupply {
+    /// Issues from `olt`'s pools, mirroring into `onu`'s (two stores holding the same
+    /// blocks).
+    pub fn new(olt: KeyStore, onu: KeyStore) -> Self {
+        Self { olt, onu }
+    }
+}
+
+impl core::fmt::Debug for MirrorSupply {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "MirrorSupply({} -> {})", self.olt.path().display(), self.onu.path().display())
+    }
+}
+
+impl KeySupply for MirrorSupply {
+    fn issue(&self, onu: u16, unit: usize, number: usize) -> Result<Vec<IssuedKey>, SupplyError> {
+        use crate::KeyPool as _;
+        let (mut a, mut b) = (self.olt.pool(onu), self.onu.pool(onu));
+        let fail = |e: PoolError| SupplyError::Failed(e.to_string());
+        let runs = a.unused_runs().map_err(fail)?;
+        let plan = api_runs(&runs, unit as u64, number as u64).ok_or(SupplyError::Exhausted {
+            requested: number as u64,
+            available: api_keys_available(&runs, unit as u64, u64::MAX),
+        })?;
+        let mut out = Vec::new();
+        for len in plan {
+            let (block, offset, bytes) = a.take(Purpose::Api, len as usize).map_err(fail)?;
+            b.take_named(Purpose::Api, block, offset, len as usize).map_err(fail)?;
+            out.extend(split_run(block, offset, &bytes, unit));
+        }
+        Ok(out)
+    }
+}
+
 /// The runs an Api request of `number` keys of `unit` bytes takes from a pool with these
 /// unused runs ([`crate::KeyPool::unused_runs`]): as many whole keys from each block as it
 /// holds, in cursor order, so that each run is one [`crate::KeyPool::take`] of the returned

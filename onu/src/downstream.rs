@@ -116,31 +116,21 @@ impl OnuDownstream {
         self.keys.open(frame).map(|(_, p)| p)
     }
 
-    /// Opens a downstream frame: its plaintext if it is this ONU's and names a valid key.
+    /// Opens a downstream frame: its plaintext if it is this ONU's and names a valid key
+    /// (or, for a one-time-pad frame, unused pad bytes of a run it holds).
     pub fn open(&mut self, frame: &[u8]) -> Result<Vec<u8>, DownstreamError> {
-        if is_otp(frame) {
-            return match self.pads.open(frame) {
-                Ok((_, plain)) => {
-                    self.stats.frames_opened += 1;
-                    self.stats.otp_frames_opened += 1;
-                    Ok(plain)
-                }
-                Err(e @ DownstreamError::WrongOnu { .. }) => {
-                    self.stats.frames_of_others += 1;
-                    Err(e)
-                }
-                Err(e) => {
-                    self.stats.frames_refused += 1;
-                    Err(e)
-                }
-            };
-        }
-        match self.keys.open(frame) {
+        let otp = is_otp(frame);
+        let opened = if otp { self.pads.open(frame) } else { self.keys.open(frame) };
+        match opened {
             Ok((repr, plain)) => {
-                if self.last_index.is_some_and(|i| i != repr.key_index) {
-                    self.stats.switches_seen += 1;
+                if otp {
+                    self.stats.otp_frames_opened += 1;
+                } else {
+                    if self.last_index.is_some_and(|i| i != repr.key_index) {
+                        self.stats.switches_seen += 1;
+                    }
+                    self.last_index = Some(repr.key_index);
                 }
-                self.last_index = Some(repr.key_index);
                 self.stats.frames_opened += 1;
                 Ok(plain)
             }

@@ -1,7 +1,8 @@
 //! The two ends of the library core against each other, over in-memory pools and over two
 //! real key store files holding the same blocks.
 
-use std::path::PathBuf;
+mod common;
+use common::TempDir;
 use std::sync::{Arc, Mutex};
 
 use proptest::prelude::*;
@@ -74,26 +75,6 @@ fn round_trip(
     assert_eq!(back.request_seq, Some(req.seq));
     assert_eq!(back.payload, answer);
     (req.bytes, resp.bytes)
-}
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "qpon-sensor-auth-{tag}-{}-{:?}",
-            std::process::id(),
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// Two store files with the same `n` blocks for ONU 3.

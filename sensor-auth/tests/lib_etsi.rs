@@ -2,14 +2,15 @@
 //! ONU side, each over its own key store holding the same blocks) served over real mutual
 //! TLS in-process, the control end as master SAE, the field end as slave SAE.
 
-use std::path::{Path, PathBuf};
+mod common;
+use common::TempDir;
+use std::path::Path;
 use std::sync::Arc;
 
+use qpon_kms::KeyStore;
 use qpon_kms::etsi::{
-    DevCerts, IssuedKey, KeySupply, Kme, KmeConfig, SaeMap, SaePair, Side, SupplyError, api_keys_available,
-    api_runs, dev_certs, router, serve_tls, split_run,
+    DevCerts, KeySupply, Kme, KmeConfig, MirrorSupply, SaeMap, SaePair, Side, dev_certs, router, serve_tls,
 };
-use qpon_kms::{KeyPool as _, KeyStore, Purpose};
 use qpon_qkd::BitBlock;
 use qpon_sensor_auth::frame::{Frame, FrameRepr};
 use qpon_sensor_auth::{
@@ -38,53 +39,6 @@ fn block_bytes(seed: u64, len: usize) -> Vec<u8> {
         .collect()
 }
 
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "qpon-sensor-auth-etsi-{tag}-{}-{:?}",
-            std::process::id(),
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// The OLT side's key supply here: takes each run from the OLT store's pool and mirrors it
-/// into the ONU store's pool at once (what the OLT and ONU drivers do over the classical
-/// channel in the services).
-struct MirrorSupply {
-    olt: KeyStore,
-    onu: KeyStore,
-}
-
-impl KeySupply for MirrorSupply {
-    fn issue(&self, onu: u16, unit: usize, number: usize) -> Result<Vec<IssuedKey>, SupplyError> {
-        let (mut a, mut b) = (self.olt.pool(onu), self.onu.pool(onu));
-        let fail = |e: qpon_kms::PoolError| SupplyError::Failed(e.to_string());
-        let runs = a.unused_runs().map_err(fail)?;
-        let plan = api_runs(&runs, unit as u64, number as u64).ok_or(SupplyError::Exhausted {
-            requested: number as u64,
-            available: api_keys_available(&runs, unit as u64, u64::MAX),
-        })?;
-        let mut out = Vec::new();
-        for len in plan {
-            let (block, offset, bytes) = a.take(Purpose::Api, len as usize).map_err(fail)?;
-            b.take_named(Purpose::Api, block, offset, len as usize).map_err(fail)?;
-            out.extend(split_run(block, offset, &bytes, unit));
-        }
-        Ok(out)
-    }
-}
-
 /// Two KMEs over real mutual TLS, on a runtime of their own (the library's calls block).
 struct Kmes {
     rt: tokio::runtime::Runtime,
@@ -111,8 +65,7 @@ impl Kmes {
             }
             stores.push(store);
         }
-        let supply: Arc<dyn KeySupply> =
-            Arc::new(MirrorSupply { olt: stores[0].clone(), onu: stores[1].clone() });
+        let supply: Arc<dyn KeySupply> = Arc::new(MirrorSupply::new(stores[0].clone(), stores[1].clone()));
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let mut addrs = Vec::new();
         for (name, side, store) in [("olt", Side::Olt, &stores[0]), ("onu", Side::Onu, &stores[1])] {

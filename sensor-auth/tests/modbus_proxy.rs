@@ -9,6 +9,8 @@
 //! them). Assertions are on the device's registers and write counter and on the exception
 //! codes clients receive.
 
+mod common;
+use common::TempDir;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -113,28 +115,6 @@ async fn start_device() -> (SocketAddr, Device) {
 }
 
 // ---------------------------------------------------------------- key stores
-
-struct TempDir(std::path::PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let d = std::env::temp_dir().join(format!(
-            "qpon-modbus-{name}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        ));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        Self(d)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// Deterministic non-zero test key bytes (a stand-in for distilled QKD key).
 fn key_bytes(seed: u64, n: usize) -> Vec<u8> {

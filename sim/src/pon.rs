@@ -670,82 +670,60 @@ impl Traffic {
         self.otp_owed -= otp_count as f64;
         for _ in 0..otp_count {
             for k in 0..n {
-                self.otp_frame(k, sf, olt, onus, online);
+                self.frame(k, sf, true, olt, onus, online);
             }
         }
         for _ in 0..count {
             for k in 0..n {
-                let mut payload = vec![0u8; self.cfg.payload_bytes];
-                rand::Rng::fill_bytes(&mut self.rng, &mut payload);
-                let frame = match olt.seal_downstream(k as u16, sf, &payload) {
-                    Ok(f) => f,
-                    Err(_) => {
-                        self.reports[k].frames_not_sent += 1;
-                        continue;
-                    }
-                };
-                self.reports[k].frames_sent += 1;
-                // The splitter: every (online) ONU sees the frame.
-                for (j, d) in onus.iter_mut().enumerate() {
-                    if !online[j] {
-                        continue;
-                    }
-                    let r = &mut self.reports[j];
-                    if j == k {
-                        match d.open_downstream(&frame) {
-                            Ok(p) if p == payload => r.frames_opened += 1,
-                            _ => r.frames_lost += 1,
-                        }
-                        continue;
-                    }
-                    match d.open_downstream(&frame) {
-                        Ok(_) => r.others_opened += 1,
-                        Err(_) => r.others_refused += 1,
-                    }
-                    // The same frame with its header claiming to be ours: our own key on
-                    // another ONU's ciphertext.
-                    let mut forged = frame.clone();
-                    forged[0..2].copy_from_slice(&(j as u16).to_be_bytes());
-                    r.others_tried_with_own_key += 1;
-                    if d.peek_downstream(&forged).is_ok_and(|p| p == payload) {
-                        r.others_plaintext_recovered += 1;
-                    }
-                }
+                self.frame(k, sf, false, olt, onus, online);
             }
         }
     }
-}
 
-impl Traffic {
-    /// One frame of ONU `k`'s one-time-pad flow, through the splitter.
-    fn otp_frame(
+    /// One frame to ONU `k` (of its one-time-pad flow if `otp`, else of its AES flow),
+    /// sealed at the OLT and broadcast to every online ONU (the splitter); counts what
+    /// each ONU gets out of it.
+    fn frame(
         &mut self,
         k: usize,
         sf: u64,
+        otp: bool,
         olt: &mut OltDriver<ChaCha20Rng>,
         onus: &mut [OnuDriver<SimSource>],
         online: &[bool],
     ) {
-        let mut payload = vec![0u8; self.cfg.otp_payload_bytes];
+        let mut payload = vec![0u8; if otp { self.cfg.otp_payload_bytes } else { self.cfg.payload_bytes }];
         rand::Rng::fill_bytes(&mut self.rng, &mut payload);
-        let Ok(frame) = olt.seal_downstream_otp(k as u16, sf, &payload) else {
-            self.reports[k].otp_frames_not_sent += 1;
+        let sealed = if otp {
+            olt.seal_downstream_otp(k as u16, sf, &payload)
+        } else {
+            olt.seal_downstream(k as u16, sf, &payload)
+        };
+        let r = &mut self.reports[k];
+        let Ok(frame) = sealed else {
+            *(if otp { &mut r.otp_frames_not_sent } else { &mut r.frames_not_sent }) += 1;
             return;
         };
-        self.reports[k].otp_frames_sent += 1;
+        *(if otp { &mut r.otp_frames_sent } else { &mut r.frames_sent }) += 1;
         for (j, d) in onus.iter_mut().enumerate() {
             if !online[j] {
                 continue;
             }
             let r = &mut self.reports[j];
             if j == k {
-                match d.open_downstream(&frame) {
-                    Ok(p) if p == payload => r.otp_frames_opened += 1,
-                    _ => r.otp_frames_lost += 1,
+                let good = d.open_downstream(&frame).is_ok_and(|p| p == payload);
+                match (otp, good) {
+                    (false, true) => r.frames_opened += 1,
+                    (false, false) => r.frames_lost += 1,
+                    (true, true) => r.otp_frames_opened += 1,
+                    (true, false) => r.otp_frames_lost += 1,
                 }
-                r.otp_replays += 1;
-                if d.open_downstream(&frame).is_ok() {
-                    r.otp_replays_opened += 1;
+                if otp {
+                    // A pad frame opens once: the same frame again must be refused.
+                    r.otp_replays += 1;
+                    if d.open_downstream(&frame).is_ok() {
+                        r.otp_replays_opened += 1;
+                    }
                 }
                 continue;
             }
@@ -753,8 +731,8 @@ impl Traffic {
                 Ok(_) => r.others_opened += 1,
                 Err(_) => r.others_refused += 1,
             }
-            // Claiming to be ours: our own pad run of the same number (if any) on another
-            // ONU's ciphertext.
+            // The same frame with its header claiming to be ours: our own key (or pad run
+            // of the same number) on another ONU's ciphertext.
             let mut forged = frame.clone();
             forged[0..2].copy_from_slice(&(j as u16).to_be_bytes());
             r.others_tried_with_own_key += 1;

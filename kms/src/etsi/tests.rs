@@ -54,34 +54,6 @@ struct Setup {
     onu: String,
 }
 
-/// The OLT side's key supply in these tests: takes each run from the OLT store's pool and
-/// mirrors it into the ONU store's pool at once — what the OLT driver's announcement and
-/// the ONU driver's pool-use handling do over the classical channel in the services.
-struct MirrorSupply {
-    olt: KeyStore,
-    onu: KeyStore,
-}
-
-impl KeySupply for MirrorSupply {
-    fn issue(&self, onu: u16, unit: usize, number: usize) -> Result<Vec<IssuedKey>, SupplyError> {
-        use crate::KeyPool as _;
-        let (mut a, mut b) = (self.olt.pool(onu), self.onu.pool(onu));
-        let fail = |e: crate::PoolError| SupplyError::Failed(e.to_string());
-        let runs = a.unused_runs().map_err(fail)?;
-        let plan = api_runs(&runs, unit as u64, number as u64).ok_or(SupplyError::Exhausted {
-            requested: number as u64,
-            available: api_keys_available(&runs, unit as u64, u64::MAX),
-        })?;
-        let mut out = Vec::new();
-        for len in plan {
-            let (block, offset, bytes) = a.take(Purpose::Api, len as usize).map_err(fail)?;
-            b.take_named(Purpose::Api, block, offset, len as usize).map_err(fail)?;
-            out.extend(split_run(block, offset, &bytes, unit));
-        }
-        Ok(out)
-    }
-}
-
 impl Setup {
     /// Two KMEs (OLT and ONU side), each with its own store fed the same `blocks` for ONU 3.
     async fn start(blocks: &[(u8, usize)]) -> Self {
@@ -95,8 +67,7 @@ impl Setup {
             }
             stores.push(store);
         }
-        let supply: Arc<dyn KeySupply> =
-            Arc::new(MirrorSupply { olt: stores[0].clone(), onu: stores[1].clone() });
+        let supply: Arc<dyn KeySupply> = Arc::new(MirrorSupply::new(stores[0].clone(), stores[1].clone()));
         let mut addrs = Vec::new();
         for (name, side, store) in [("olt", Side::Olt, &stores[0]), ("onu", Side::Onu, &stores[1])] {
             let mut config = KmeConfig::new(format!("kme-{name}"), "peer", side);
