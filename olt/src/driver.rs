@@ -77,58 +77,67 @@ impl<R: CryptoRng> OnuLink<R> {
     /// once (synced, running, few uses unacknowledged), so a consumption is never made that
     /// the ONU cannot be told about.
     fn rotate_downstream(&mut self, now: Instant, superframe: u64) {
+        let can_announce = self.can_announce();
         let Some(ds) = self.downstream.as_mut() else { return };
         ds.advance_to(superframe);
-        if !ds.due(superframe)
-            || self.session.is_stopped()
-            || !self.session.is_synced()
-            || self.session.pool_uses_unacked() >= 4
-        {
+        if !ds.due(superframe) || !can_announce {
             return;
         }
         match ds.rotate(superframe, self.pool.as_mut()) {
             Rotation::Announce(u) => {
-                if let Err(e) = self.session.announce_use(now, u) {
-                    // Consumed here and not announced: the pools would diverge. Stop.
-                    self.stats.pool_error = Some(format!("pool use not announced: {e}"));
-                    self.session.pool_failed(now);
-                }
+                self.announce(now, u);
             }
-            Rotation::Failed(e) => {
-                self.stats.pool_error = Some(e.to_string());
-                self.session.pool_failed(now);
-            }
+            Rotation::Failed(e) => self.pool_failure(now, e.to_string()),
             Rotation::NotDue | Rotation::PoolEmpty => {}
         }
+    }
+
+    /// Whether a consumption decided now can be announced at once (synced, running, few
+    /// uses unacknowledged): the condition for taking a downstream key or pad run, so no
+    /// consumption is made that the ONU cannot be told about.
+    fn can_announce(&self) -> bool {
+        !self.session.is_stopped() && self.session.is_synced() && self.session.pool_uses_unacked() < 4
+    }
+
+    /// Announces a consumption already made; its number, or `None` when the session refused
+    /// it — then the pools would diverge, so the session is stopped (fail closed).
+    fn announce(&mut self, now: Instant, u: PoolUse) -> Option<u64> {
+        match self.session.announce_use(now, u) {
+            Ok(seq) => Some(seq),
+            Err(e) => {
+                self.pool_failure(now, format!("pool use not announced: {e}"));
+                None
+            }
+        }
+    }
+
+    /// The pool (or an announcement of its use) failed: recorded, and the session stops.
+    fn pool_failure(&mut self, now: Instant, why: String) {
+        self.stats.pool_error = Some(why);
+        self.session.pool_failed(now);
     }
 
     /// One-time pads: makes the runs the ONU acknowledged usable, and takes and announces
     /// another run while the reserve is low (under the same conditions as a rotation, so a
     /// run is never taken that the ONU cannot be told about).
     fn refill_pads(&mut self, now: Instant) {
+        let can_announce = self.can_announce();
         let Some(ds) = self.downstream.as_mut() else { return };
         ds.pads_acked(self.session.pool_uses().1);
-        if !ds.pads_low()
-            || self.session.is_stopped()
-            || !self.session.is_synced()
-            || self.session.pool_uses_unacked() >= 4
-        {
+        if !ds.pads_low() || !can_announce {
             return;
         }
         match ds.take_pad_run(self.pool.as_mut()) {
-            Ok((u, bytes)) => match self.session.announce_use(now, u) {
-                Ok(seq) => ds.pad_run_announced(seq, bytes),
-                Err(e) => {
-                    self.stats.pool_error = Some(format!("pool use not announced: {e}"));
-                    self.session.pool_failed(now);
+            Ok((u, bytes)) => {
+                if let Some(seq) = self.announce(now, u)
+                    && let Some(ds) = self.downstream.as_mut()
+                {
+                    ds.pad_run_announced(seq, bytes);
                 }
-            },
+            }
             // An empty pool only leaves the pad flow without pads (its frames are refused).
             Err(qpon_kms::PoolError::Exhausted { .. }) => {}
-            Err(e) => {
-                self.stats.pool_error = Some(e.to_string());
-                self.session.pool_failed(now);
-            }
+            Err(e) => self.pool_failure(now, e.to_string()),
         }
     }
 
@@ -162,25 +171,19 @@ impl<R: CryptoRng> OnuLink<R> {
         }
         let mut keys = Vec::with_capacity(number);
         for len in plan {
-            let taken = self.pool.take(Purpose::Api, len as usize);
-            let announced = taken.map_err(|e| e.to_string()).and_then(|(block, offset, bytes)| {
-                let u = PoolUse {
-                    seq: 0,
-                    purpose: Purpose::Api as u8,
-                    block,
-                    offset,
-                    len: len as u32,
-                    switch: None,
-                };
-                self.session.announce_use(now, u).map_err(|e| format!("pool use not announced: {e}"))?;
-                keys.extend(split_run(block, offset, &bytes, unit));
-                Ok(())
-            });
-            if let Err(e) = announced {
-                self.stats.pool_error = Some(e.clone());
-                self.session.pool_failed(now);
-                return Err(SupplyError::Failed(e));
+            let (block, offset, bytes) = match self.pool.take(Purpose::Api, len as usize) {
+                Ok(t) => t,
+                Err(e) => {
+                    self.pool_failure(now, e.to_string());
+                    return Err(SupplyError::Failed(e.to_string()));
+                }
+            };
+            let u =
+                PoolUse { seq: 0, purpose: Purpose::Api as u8, block, offset, len: len as u32, switch: None };
+            if self.announce(now, u).is_none() {
+                return Err(SupplyError::Failed(self.stats.pool_error.clone().unwrap_or_default()));
             }
+            keys.extend(split_run(block, offset, &bytes, unit));
         }
         self.stats.api_keys += keys.len() as u64;
         Ok(keys)
@@ -239,8 +242,7 @@ impl<R: CryptoRng> OnuLink<R> {
                 _ => Ok(()),
             };
             if let Err(e) = stored {
-                self.stats.pool_error = Some(e.to_string());
-                self.session.pool_failed(now);
+                self.pool_failure(now, e.to_string());
             }
         }
     }
