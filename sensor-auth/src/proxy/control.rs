@@ -4,7 +4,7 @@
 //! flight (keyed by the request's sequence number). Client connections and the link
 //! manager only move bytes and send the hub events, so the library is never shared.
 
-use super::link::{AduReader, FrameReader, now_ms, spawn_writer};
+use super::link::{AduReader, FrameReader, accept_until, now_ms, sleep_until, spawn_writer};
 use super::{Proxy, ProxyConfig, ProxyError, deliver};
 use crate::mbap::{Adu, GATEWAY_PATH_UNAVAILABLE, GATEWAY_TARGET_FAILED, classify};
 use crate::{AuthError, Class, ControlEnd, Status};
@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
@@ -92,47 +92,16 @@ pub(super) async fn serve(p: Proxy, shutdown: impl Future<Output = ()> + Send) -
         }
     });
     tasks.spawn(link_manager(Arc::clone(&config), ev_tx.clone()));
-    let slots = Arc::new(Semaphore::new(config.max_connections));
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        tokio::select! {
-            () = &mut shutdown => break,
-            r = core.join_next() => {
-                tasks.shutdown().await;
-                return Err(ProxyError::Core(match r {
-                    Some(Err(e)) => e.to_string(),
-                    _ => "stopped".into(),
-                }));
-            }
-            r = p.listener.accept() => match r {
-                Ok((sock, addr)) => {
-                    let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
-                        warn!(client = %addr, "connection limit reached; closing the new client connection");
-                        continue;
-                    };
-                    let ev = ev_tx.clone();
-                    tasks.spawn(async move {
-                        client_connection(sock, addr, ev).await;
-                        drop(permit);
-                    });
-                }
-                Err(e) => {
-                    warn!("accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
-        }
-        while tasks.try_join_next().is_some() {}
-    }
-    info!("control proxy shutting down");
-    tasks.shutdown().await;
-    Ok(())
-}
-
-async fn sleep_until(t: Option<Instant>) {
-    if let Some(t) = t {
-        tokio::time::sleep_until(t).await;
-    }
+    accept_until(
+        &p.listener,
+        config.max_connections,
+        "client",
+        &mut core,
+        &mut tasks,
+        shutdown,
+        |sock, addr| client_connection(sock, addr, ev_tx.clone()),
+    )
+    .await
 }
 
 /// One Modbus/TCP client: ADUs in (to the hub), answers out (from the hub).

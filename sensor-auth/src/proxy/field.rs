@@ -5,7 +5,7 @@
 //! connection), the device connection and the table of requests at the device (keyed by
 //! the transaction id this proxy gave them on the device connection).
 
-use super::link::{AduReader, FrameReader, now_ms, spawn_writer};
+use super::link::{AduReader, FrameReader, accept_until, now_ms, sleep_until, spawn_writer};
 use super::{Proxy, ProxyConfig, ProxyError, deliver};
 use crate::mbap::{Adu, GATEWAY_PATH_UNAVAILABLE, GATEWAY_TARGET_FAILED, classify};
 use crate::{Class, FieldEnd, Status};
@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
@@ -99,49 +99,21 @@ pub(super) async fn serve(p: Proxy, shutdown: impl Future<Output = ()> + Send) -
             hub.publish();
         }
     });
-    let slots = Arc::new(Semaphore::new(config.max_connections));
     let mut next_conn = 0u64;
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        tokio::select! {
-            () = &mut shutdown => break,
-            r = core.join_next() => {
-                tasks.shutdown().await;
-                return Err(ProxyError::Core(match r {
-                    Some(Err(e)) => e.to_string(),
-                    _ => "stopped".into(),
-                }));
-            }
-            r = p.listener.accept() => match r {
-                Ok((sock, addr)) => {
-                    let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
-                        warn!(peer = %addr, "connection limit reached; closing the new link connection");
-                        continue;
-                    };
-                    next_conn += 1;
-                    let (ev, conn, depth) = (ev_tx.clone(), next_conn, config.auth.max_outstanding + 16);
-                    tasks.spawn(async move {
-                        link_connection(sock, addr, conn, depth, ev).await;
-                        drop(permit);
-                    });
-                }
-                Err(e) => {
-                    warn!("accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
-        }
-        while tasks.try_join_next().is_some() {}
-    }
-    info!("field proxy shutting down");
-    tasks.shutdown().await;
-    Ok(())
-}
-
-async fn sleep_until(t: Option<Instant>) {
-    if let Some(t) = t {
-        tokio::time::sleep_until(t).await;
-    }
+    let depth = config.auth.max_outstanding + 16;
+    accept_until(
+        &p.listener,
+        config.max_connections,
+        "link",
+        &mut core,
+        &mut tasks,
+        shutdown,
+        |sock, addr| {
+            next_conn += 1;
+            link_connection(sock, addr, next_conn, depth, ev_tx.clone())
+        },
+    )
+    .await
 }
 
 /// One link connection: frames in (to the hub), sealed responses out.

@@ -141,6 +141,67 @@ pub(crate) fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// The accept loop both roles run once their hub task (`core`) is up: each connection
+/// accepted on `listener` runs `serve(sock, addr)` in `tasks`, at most `max_connections`
+/// at once (one more is closed at once, logged). Returns `Ok` at `shutdown` and an error
+/// as soon as the hub task stops, so the proxy never runs on without it; either way the
+/// connection tasks are stopped first.
+pub(super) async fn accept_until<F>(
+    listener: &tokio::net::TcpListener,
+    max_connections: usize,
+    role: &str,
+    core: &mut tokio::task::JoinSet<()>,
+    tasks: &mut tokio::task::JoinSet<()>,
+    shutdown: impl std::future::Future<Output = ()>,
+    mut serve: impl FnMut(tokio::net::TcpStream, std::net::SocketAddr) -> F,
+) -> Result<(), super::ProxyError>
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(max_connections));
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            r = core.join_next() => {
+                tasks.shutdown().await;
+                return Err(super::ProxyError::Core(match r {
+                    Some(Err(e)) => e.to_string(),
+                    _ => "stopped".into(),
+                }));
+            }
+            r = listener.accept() => match r {
+                Ok((sock, addr)) => {
+                    let Ok(permit) = std::sync::Arc::clone(&slots).try_acquire_owned() else {
+                        tracing::warn!(peer = %addr, "connection limit reached; closing the new {role} connection");
+                        continue;
+                    };
+                    let conn = serve(sock, addr);
+                    tasks.spawn(async move {
+                        conn.await;
+                        drop(permit);
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+        }
+        while tasks.try_join_next().is_some() {}
+    }
+    tracing::info!("{role} proxy shutting down");
+    tasks.shutdown().await;
+    Ok(())
+}
+
+/// Sleeps until `t`, or forever without one (a `select!` arm guarded by `t.is_some()`).
+pub(super) async fn sleep_until(t: Option<tokio::time::Instant>) {
+    if let Some(t) = t {
+        tokio::time::sleep_until(t).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
