@@ -2,7 +2,7 @@
 //! real key store files holding the same blocks.
 
 mod common;
-use common::TempDir;
+use common::{TempDir, block_bytes};
 use std::sync::{Arc, Mutex};
 
 use proptest::prelude::*;
@@ -16,20 +16,6 @@ use qpon_sensor_auth::{
 use uuid::Uuid;
 
 type Shared = Arc<Mutex<MemoryPool>>;
-
-/// Test filler (SplitMix64): distinct, non-zero-looking bytes per block. Tests only.
-fn block_bytes(seed: u64, len: usize) -> Vec<u8> {
-    let mut s = seed;
-    (0..len)
-        .map(|_| {
-            s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = s;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            (z ^ (z >> 31)) as u8
-        })
-        .collect()
-}
 
 fn block(seed: u64, bytes: usize) -> BitBlock {
     BitBlock::from_bytes(&block_bytes(seed, bytes), 8 * bytes)

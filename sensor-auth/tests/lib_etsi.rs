@@ -3,7 +3,7 @@
 //! TLS in-process, the control end as master SAE, the field end as slave SAE.
 
 mod common;
-use common::TempDir;
+use common::{TempDir, block_bytes};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -24,20 +24,6 @@ const SLAVE: &str = "rtu-7";
 const ONU: u16 = 3;
 /// Batch = one ETSI key (the KMEs serve `BATCH × 8`-bit keys).
 const BATCH: usize = 512;
-
-/// Test filler (SplitMix64). Tests only.
-fn block_bytes(seed: u64, len: usize) -> Vec<u8> {
-    let mut s = seed;
-    (0..len)
-        .map(|_| {
-            s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = s;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            (z ^ (z >> 31)) as u8
-        })
-        .collect()
-}
 
 /// Two KMEs over real mutual TLS, on a runtime of their own (the library's calls block).
 struct Kmes {

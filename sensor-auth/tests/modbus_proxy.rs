@@ -10,7 +10,7 @@
 //! codes clients receive.
 
 mod common;
-use common::TempDir;
+use common::{TempDir, block_bytes};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -116,30 +116,17 @@ async fn start_device() -> (SocketAddr, Device) {
 
 // ---------------------------------------------------------------- key stores
 
-/// Deterministic non-zero test key bytes (a stand-in for distilled QKD key).
-fn key_bytes(seed: u64, n: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
-/// Two store files (control, field) holding the same `blocks` blocks of `block_bytes`.
-fn twin_stores(dir: &TempDir, blocks: usize, block_bytes: usize) -> (std::path::PathBuf, std::path::PathBuf) {
+/// Two store files (control, field) holding the same `blocks` blocks of `len` bytes.
+fn twin_stores(dir: &TempDir, blocks: usize, len: usize) -> (std::path::PathBuf, std::path::PathBuf) {
     let paths = (dir.0.join("control.redb"), dir.0.join("field.redb"));
     for p in [&paths.0, &paths.1] {
         let store = KeyStore::open(p).unwrap();
         let pool = store.pool(ONU);
         for b in 0..blocks {
-            let bytes = key_bytes(b as u64 + 1, block_bytes);
+            let bytes = block_bytes(b as u64 + 1, len);
             pool.append_block(
                 Uuid::from_u128(0x5e15_0000 + b as u128),
-                &BitBlock::from_bytes(&bytes, block_bytes * 8),
+                &BitBlock::from_bytes(&bytes, len * 8),
             )
             .unwrap();
         }
@@ -321,7 +308,7 @@ impl Pair {
     /// QKD delivers a new block: appended to both ends' pools.
     fn refill(&self, id: u128, bytes: usize) {
         for store in &self.stores {
-            let key = key_bytes(id as u64, bytes);
+            let key = block_bytes(id as u64, bytes);
             store
                 .pool(ONU)
                 .append_block(Uuid::from_u128(id), &BitBlock::from_bytes(&key, bytes * 8))
